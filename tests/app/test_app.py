@@ -1,0 +1,145 @@
+"""The reference app against a real PostgreSQL, through its ASGI interface."""
+
+import logging
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def user_body(unique, **over):
+    tag = unique()
+    body = {"username": f"user_{tag}", "email": f"user_{tag}@example.com", "password": "s3cret-pass"}
+    body.update(over)
+    return body
+
+
+async def test_migration_is_idempotent(migrated):
+    first, second = migrated
+    assert "Running upgrade  -> 0001" in first.stderr
+    assert "Running upgrade" not in second.stderr
+
+
+async def test_health_reports_connected_database(client):
+    r = await client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "healthy"
+    assert body["database"] == "connected"
+    assert isinstance(body["total_users"], int)
+
+
+async def test_create_then_get_user(client, unique):
+    body = user_body(unique)
+    r = await client.post("/users/", json=body)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert set(created) == {"id", "username", "email", "is_active"}
+    assert created["username"] == body["username"]
+    assert created["is_active"] is True
+    r = await client.get(f"/users/{created['id']}")
+    assert r.status_code == 200
+    assert r.json() == created
+
+
+async def test_password_is_stored_as_argon2_hash(client, app_module, unique):
+    body = user_body(unique)
+    r = await client.post("/users/", json=body)
+    assert r.status_code == 201
+    async with app_module.database.engine.connect() as conn:
+        stored = await conn.scalar(
+            text("SELECT hashed_password FROM users WHERE id = :id"), {"id": r.json()["id"]}
+        )
+    assert stored.startswith("$argon2id$")
+    assert body["password"] not in stored
+    assert app_module.hasher.verify(stored, body["password"])
+
+
+async def test_health_counts_users(client, unique):
+    before = (await client.get("/health")).json()["total_users"]
+    assert (await client.post("/users/", json=user_body(unique))).status_code == 201
+    assert (await client.get("/health")).json()["total_users"] == before + 1
+
+
+@pytest.mark.parametrize("field", ["username", "email"])
+async def test_duplicate_is_rejected_with_400(client, unique, field):
+    first = user_body(unique)
+    assert (await client.post("/users/", json=first)).status_code == 201
+    second = user_body(unique, **{field: first[field]})
+    r = await client.post("/users/", json=second)
+    assert r.status_code == 400
+    assert "already registered" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "over",
+    [{"email": "not-an-email"}, {"password": "short"}, {"username": "x"}, {"username": "bad name!"}],
+)
+async def test_invalid_input_is_rejected_with_422(client, unique, over):
+    r = await client.post("/users/", json=user_body(unique, **over))
+    assert r.status_code == 422
+
+
+async def test_list_users_pages(client, unique):
+    for _ in range(3):
+        assert (await client.post("/users/", json=user_body(unique))).status_code == 201
+    everyone = (await client.get("/users/", params={"limit": 1000})).json()
+    assert len(everyone) >= 3
+    page = (await client.get("/users/", params={"skip": 1, "limit": 2})).json()
+    assert [u["id"] for u in page] == [u["id"] for u in everyone[1:3]]
+    assert (await client.get("/users/", params={"limit": 0})).status_code == 422
+    assert (await client.get("/users/", params={"skip": -1})).status_code == 422
+
+
+async def test_missing_user_is_404(client):
+    r = await client.get("/users/987654321")
+    assert r.status_code == 404
+
+
+async def test_pool_stats_match_database_py(client):
+    r = await client.get("/pool-stats")
+    assert r.status_code == 200
+    stats = r.json()
+    assert stats["pool_size"] == 3
+    assert stats["max_overflow"] == 2
+    assert {"checked_in", "checked_out", "overflow"} <= set(stats)
+
+
+async def test_process_time_header(client):
+    r = await client.get("/pool-stats")
+    assert float(r.headers["X-Process-Time"]) >= 0
+
+
+async def test_pool_use_above_80_percent_logs_warning(client, app_module, caplog):
+    engine = app_module.database.engine
+    held = [await engine.connect() for _ in range(5)]  # 5 of 3 + 2 in use
+    try:
+        with caplog.at_level(logging.WARNING, logger="fastpg.app"):
+            r = await client.get("/pool-stats")
+        assert r.json()["checked_out"] == 5
+    finally:
+        for conn in held:
+            await conn.close()
+    assert any("connection pool 100% used" in m for m in caplog.messages)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastpg.app"):
+        await client.get("/pool-stats")
+    assert not caplog.messages
+
+
+async def test_health_is_503_when_database_unreachable(client, app_module, monkeypatch):
+    from sqlalchemy.ext.asyncio import async_sessionmaker  # noqa: PLC0415
+
+    from conftest import _free_port  # noqa: PLC0415
+
+    # A real connection attempt to a loopback port nothing listens on.
+    dead = create_async_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{_free_port()}/none")
+    monkeypatch.setattr(app_module.database, "SessionLocal", async_sessionmaker(dead))
+    try:
+        r = await client.get("/health")
+    finally:
+        await dead.dispose()
+    assert r.status_code == 503
+    assert r.json() == {"status": "unhealthy", "database": "disconnected"}
