@@ -85,7 +85,7 @@ def test_overrides_beat_computed_values(sql, hostvars):
 def test_settings_live_in_the_roles_own_include_file(host):
     own = host.file("/etc/postgresql/17/main/conf.d/50-fastpg.conf")
     assert own.exists and own.user == "postgres" and own.mode == 0o640
-    assert "Managed by fastpg" in own.content_string
+    assert "Ansible managed" in own.content_string
     packaged = host.file("/etc/postgresql/17/main/postgresql.conf").content_string
     assert "fastpg" not in packaged
 

@@ -1,0 +1,58 @@
+# shellcheck shell=bash
+# Shared bootstrap for scripts/test.sh and scripts/up.sh: everything a fresh machine lacks.
+# Idempotent: each step is skipped when its result is already there.
+
+FASTPG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+FASTPG_IMAGE=${FASTPG_IMAGE:-fastpg/debian:trixie}
+export FASTPG_IMAGE
+VENV="$FASTPG_ROOT/.venv"
+
+log() { printf '\n==> %s\n' "$*"; }
+
+need_root() {
+  [ "$(id -u)" -eq 0 ] || { echo "run as root: it installs packages and starts dockerd" >&2; exit 1; }
+}
+
+# Debian packages: the Docker engine, debootstrap for the image, PostgreSQL for the app's tests.
+install_host_packages() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  if [ "${1:-}" = with-postgresql ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    missing+=(postgresql)
+  fi
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  need_root
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+start_docker() {
+  if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd"
+    need_root
+    if [ ! -S /var/run/docker.sock ]; then
+      nohup dockerd >/var/log/fastpg-dockerd.log 2>&1 &
+    fi
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/fastpg-dockerd.log" >&2; exit 1; }
+}
+
+# The tool venv, from the pinned requirements-dev.txt; rebuilt when that file changes.
+make_venv() {
+  local stamp="$VENV/.requirements-dev.sha256" want
+  want=$(sha256sum "$FASTPG_ROOT/requirements-dev.txt" | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  log "building the tool venv (.venv)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -r "$FASTPG_ROOT/requirements-dev.txt"
+  echo "$want" >"$stamp"
+}
+
+build_image() {
+  log "base image $FASTPG_IMAGE"
+  bash "$FASTPG_ROOT/molecule/resources/build-image.sh" "$FASTPG_IMAGE"
+}

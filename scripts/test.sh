@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, the reference app's tests against a real PostgreSQL, and
+# `molecule test` (create, converge, idempotence, verify, destroy) on a systemd container.
+# On a fresh machine it first installs what it needs (see scripts/lib.sh).
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$FASTPG_ROOT"
+
+install_host_packages with-postgresql
+start_docker
+make_venv
+build_image
+
+APP_VENV="$FASTPG_ROOT/.venv-app"
+stamp="$APP_VENV/.requirements.sha256"
+want=$(cat requirements-app-test.txt roles/fastapi_app/files/requirements-base.txt \
+  roles/fastapi_app/files/reference_app/requirements.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "building the app test venv (.venv-app)"
+  python3 -m venv "$APP_VENV"
+  "$APP_VENV/bin/pip" install -q -r requirements-app-test.txt
+  echo "$want" >"$stamp"
+fi
+
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+export NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
+
+passed=0 failed=0 failures=()
+stage() {
+  local name=$1; shift
+  log "$name"
+  local start=$SECONDS
+  if "$@"; then
+    passed=$((passed + 1)); echo "--- $name: ok ($((SECONDS - start)) s)"
+  else
+    failed=$((failed + 1)); failures+=("$name"); echo "--- $name: FAILED ($((SECONDS - start)) s)"
+  fi
+}
+
+stage yamllint yamllint --strict .
+stage ansible-lint ansible-lint --strict
+stage "app pytest" "$APP_VENV/bin/python" -m pytest -c tests/app/pytest.ini tests/app
+stage "molecule default" molecule test --scenario-name default
+
+log "summary"
+[ ${#failures[@]} -eq 0 ] || echo "failed stages: ${failures[*]}"
+echo "stages: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

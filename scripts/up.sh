@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Deploy the stack to the local default target: one systemd container (fastpg-local) made
+# from the locally built Debian 13 image, then `ansible-playbook -i inventories/local site.yml`.
+# Prints the app's URL and its /health answer. Safe to run again.
+#   FASTPG_LOCAL_PORT  host port published on 127.0.0.1 (default 8000)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$FASTPG_ROOT"
+
+name=fastpg-local
+port=${FASTPG_LOCAL_PORT:-8000}
+
+install_host_packages
+start_docker
+make_venv
+build_image
+
+if ! docker container inspect "$name" >/dev/null 2>&1; then
+  log "starting container $name"
+  # systemd as PID 1 without --privileged (see molecule/default/molecule.yml).
+  docker run -d --name "$name" --hostname "$name" \
+    --cgroupns host --cap-add SYS_ADMIN --cap-add NET_ADMIN \
+    --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+    --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
+    -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
+    -p "127.0.0.1:$port:8000" \
+    "$FASTPG_IMAGE" /lib/systemd/systemd >/dev/null
+elif [ "$(docker container inspect -f '{{.State.Running}}' "$name")" != true ]; then
+  docker start "$name" >/dev/null
+fi
+docker exec "$name" systemctl is-system-running --wait >/dev/null 2>&1 || true
+
+log "ansible-playbook -i inventories/local site.yml"
+mkdir -p inventories/local/.secrets && chmod 0700 inventories/local/.secrets
+"$VENV/bin/ansible-playbook" -i inventories/local site.yml "$@"
+
+url="http://127.0.0.1:$port"
+log "fastpg is up: $url"
+for _ in $(seq 1 15); do
+  if health=$(python3 -c 'import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=5).read().decode())' "$url/health" 2>/dev/null); then
+    echo "GET $url/health -> $health"
+    exit 0
+  fi
+  sleep 1
+done
+echo "GET $url/health did not answer" >&2
+exit 1
