@@ -26,6 +26,8 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
+# Each playbook run ends with its wall time (converge, idempotence).
+export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.timer
 
 passed=0 failed=0 failures=()
 stage() {
@@ -39,8 +41,18 @@ stage() {
   fi
 }
 
+check_syntax() {
+  local inv
+  for inv in inventories/local inventories/production.example; do
+    ansible-inventory -i "$inv" --graph >/dev/null || return 1
+    ansible-playbook -i "$inv" site.yml --syntax-check >/dev/null || return 1
+  done
+}
+
 stage yamllint yamllint --strict .
 stage ansible-lint ansible-lint --strict
+stage "inventories and syntax" check_syntax
+stage "README variables" python scripts/gen-vars-doc.py --check
 stage "app pytest" "$APP_VENV/bin/python" -m pytest -c tests/app/pytest.ini tests/app
 stage "molecule default" molecule test --scenario-name default
 
