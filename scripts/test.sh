@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, the reference app's tests against a real PostgreSQL, and
-# `molecule test` (create, converge, idempotence, verify, destroy) on a systemd container.
+# The whole test suite: lint, the reference app's tests against a real PostgreSQL, the
+# preflight's bad-inventory table, and `molecule test` for the default scenario (one host) and
+# the multihost scenario (a database host, two app hosts, an outsider) on systemd containers.
 # On a fresh machine it first installs what it needs (see scripts/lib.sh).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -54,7 +55,9 @@ stage ansible-lint ansible-lint --strict
 stage "inventories and syntax" check_syntax
 stage "README variables" python scripts/gen-vars-doc.py --check
 stage "app pytest" "$APP_VENV/bin/python" -m pytest -c tests/app/pytest.ini tests/app
+stage "preflight tests" python -m pytest -q -p no:cacheprovider tests/preflight
 stage "molecule default" molecule test --scenario-name default
+stage "molecule multihost" molecule test --scenario-name multihost
 
 log "summary"
 [ ${#failures[@]} -eq 0 ] || echo "failed stages: ${failures[*]}"

@@ -1,0 +1,145 @@
+"""The bad-inventory table: each one fails in preflight, with its own message, touching no host."""
+
+import re
+
+import pytest
+
+from conftest import inventory
+
+# What the docker connection says when a task reaches for one of these hosts.
+TOUCHED = "No such container"
+
+
+def app(host, **values):
+    def change(a):
+        a["children"]["appservers"]["hosts"][host].update(values)
+    return change
+
+
+def apps(**values):
+    def change(a):
+        a["children"]["appservers"]["vars"].update(values)
+    return change
+
+
+def everyone(**values):
+    def change(a):
+        a["vars"].update(values)
+    return change
+
+
+def db(**values):
+    def change(a):
+        a["children"]["dbservers"]["hosts"]["db1"].update(values)
+    return change
+
+
+def drop(name):
+    def change(a):
+        del a["vars"][name]
+    return change
+
+
+def no_dbservers(a):
+    a["children"]["dbservers"]["hosts"] = {}
+    a["children"]["dbservers"]["hosts"] = None
+
+
+CASES = {
+    "negative pool_size": (apps(fastapi_app_pool_size=-1),
+                           r"fastapi_app_pool_size is -1 on app1; accepted: a whole number from 1 to 1000"),
+    "zero pool_size": (app("app2", fastapi_app_pool_size=0),
+                       r"fastapi_app_pool_size is 0 on app2; accepted: a whole number from 1 to 1000"),
+    "string pool_size": (apps(fastapi_app_pool_size="twenty"),
+                         r"fastapi_app_pool_size.*(type str|not a valid integer|convert to int)"),
+    "non-integer pool_size": (apps(fastapi_app_pool_size=2.5),
+                              r"fastapi_app_pool_size.*(float|convert to int|not a valid integer)"),
+    "negative max_overflow": (apps(fastapi_app_max_overflow=-3),
+                              r"fastapi_app_max_overflow is -3 on app1; accepted: a whole number from 0 to 1000"),
+    "pool_timeout 0": (apps(fastapi_app_pool_timeout=0),
+                       r"fastapi_app_pool_timeout is 0 on app1; accepted: seconds, a whole number from 1"),
+    "pool_recycle 0": (apps(fastapi_app_pool_recycle=0),
+                       r"fastapi_app_pool_recycle is 0 on app1; accepted: .*-1 to never recycle"),
+    "zero workers": (app("app1", fastapi_app_workers=0),
+                     r"fastapi_app_workers is 0 on app1; accepted: a whole number from 1 to 64"),
+    "pre_ping not a boolean": (apps(fastapi_app_pool_pre_ping="sometimes"),
+                               r"fastapi_app_pool_pre_ping.*(bool|boolean)"),
+    "port out of range": (apps(fastapi_app_port=70000),
+                          r"fastapi_app_port is 70000 on app1; accepted: a TCP port, 1 to 65535"),
+    "over budget on one host": (app("app1", fastapi_app_workers=4),
+                                r"db1: 300 app peak .* = 313 of postgresql_max_connections 300: OVER by 13"),
+    "over budget only across two hosts": (
+        apps(fastapi_app_pool_size=40, fastapi_app_max_overflow=50),
+        r"db1: 360 app peak .* = 373 of postgresql_max_connections 300: OVER by 73"),
+    "max_connections lowered below the pools": (
+        db(postgresql_max_connections=150),
+        r"= 213 of postgresql_max_connections 150: OVER by 63"),
+    "missing password": (drop("fastapi_app_db_password"),
+                         r"(app1|db1): missing required arguments: fastapi_app_db_password"),
+    "placeholder password": (everyone(fastapi_app_db_password="CHANGE_ME_BEFORE_USE"),
+                             r"fastapi_app_db_password on (app1|db1) is the example placeholder"),
+    "short password": (everyone(fastapi_app_db_password="short"),
+                       r"fastapi_app_db_password on (app1|db1) is shorter than 12 characters"),
+    "unsupported PostgreSQL version": (db(postgresql_version=15),
+                                       r"postgresql_version.*(choices|one of).*16.*17.*18"),
+    "max_connections not a number": (db(postgresql_max_connections="lots"),
+                                     r"postgresql_max_connections.*(type str|convert to int|not a valid integer)"),
+    "app host with no database host": (app("app2", fastapi_app_db_host="db9"),
+                                       r"app2: fastapi_app_db_host is 'db9', which is no dbservers host"),
+    "loopback database on a host without PostgreSQL": (
+        app("app1", fastapi_app_db_host="127.0.0.1"),
+        r"app1: fastapi_app_db_host is '127.0.0.1', but app1 is not in dbservers"),
+    "no database hosts at all": (no_dbservers, r"fastapi_app_db_host is 'db1', which is no dbservers host.*"
+                                               r"none: the dbservers group is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_inventory_fails_in_preflight(run_site, case):
+    change, message = CASES[case]
+    rc, out = run_site(inventory(change))
+    assert rc != 0, out
+    flat = re.sub(r"\s+", " ", out)
+    assert re.search(message, flat), f"{case}: expected /{message}/ in:\n{out[-3000:]}"
+    assert TOUCHED not in out, f"{case}: a task reached for a host:\n{out[-3000:]}"
+    assert "PLAY [Database tier" not in out
+    assert "Gathering Facts" not in out
+
+
+def test_messages_are_distinct():
+    assert len({m for _, m in CASES.values()}) == len(CASES)
+
+
+def test_good_inventory_passes_preflight_and_prints_the_budget(run_site):
+    rc, out = run_site(inventory(), playbook="playbooks/preflight.yml")
+    assert rc == 0, out
+    out = re.sub(r"\s+", " ", out)
+    assert re.search(r"app1\s+db1\s+2\s+20\s+30\s+100\s+40", out)
+    assert re.search(r"app2\s+db1\s+2\s+20\s+30\s+100\s+40", out)
+    assert ("db1: 200 app peak + 3 superuser_reserved_connections + 10 fastpg_reserved_connections"
+            " = 213 of postgresql_max_connections 300: ok") in out
+    assert TOUCHED not in out
+    assert "changed=0" in out
+
+
+def test_preflight_is_the_first_play_of_site_yml(run_site):
+    """A good inventory gets past preflight; the first host contact is the database tier's."""
+    rc, out = run_site(inventory())
+    assert rc != 0
+    out = re.sub(r"\s+", " ", out)
+    pre = out.index("PLAY [Preflight")
+    assert "= 213 of postgresql_max_connections 300: ok" in out[pre:]
+    assert out.index(TOUCHED) > out.index("PLAY [Database tier")
+
+
+def test_host_var_beats_group_var_beats_role_default(run_site):
+    def change(a):
+        a["children"]["appservers"]["vars"] = {"fastapi_app_pool_size": 6}  # max_overflow: role default 30
+        a["children"]["appservers"]["hosts"]["app2"]["fastapi_app_pool_size"] = 9
+
+    rc, out = run_site(inventory(change), playbook="playbooks/preflight.yml")
+    assert rc == 0, out
+    out = re.sub(r"\s+", " ", out)
+    assert re.search(r"app1\s+db1\s+2\s+6\s+30\s+72\s+12", out), out
+    assert re.search(r"app2\s+db1\s+2\s+9\s+30\s+78\s+18", out), out
+    assert "150 app peak" in out

@@ -1,0 +1,23 @@
+"""Preflight against the shipped production example inventory."""
+
+import re
+
+EXAMPLE = "inventories/production.example"
+
+
+def test_example_refuses_its_placeholder_password(run_site):
+    rc, out = run_site(EXAMPLE)
+    assert rc != 0
+    assert "is the example placeholder" in out
+    assert "PLAY [Database tier" not in out
+
+
+def test_example_budget_summary_once_the_password_is_set(run_site):
+    rc, out = run_site(EXAMPLE, playbook="playbooks/preflight.yml",
+                       extra=["-e", "vault_fastapi_app_db_password=an-example-long-password"])
+    assert rc == 0, out
+    out = re.sub(r"\s+", " ", out)
+    assert re.search(r"app1 db1 2 20 30 100 40", out)
+    assert re.search(r"app2 db1 2 20 30 100 40", out)
+    assert ("db1: 200 app peak + 3 superuser_reserved_connections + 10 fastpg_reserved_connections"
+            " = 213 of postgresql_max_connections 300: ok") in out
