@@ -46,3 +46,15 @@ def sql(host):
         return host.check_output("runuser -u postgres -- psql -XAtq -d %s -c %s", database, query)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def layout(host):
+    """Where PostgreSQL 17 lives on this platform (Debian's postgresql-common or PGDG's RHEL layout)."""
+    if host.file("/etc/redhat-release").exists:
+        data = "/var/lib/pgsql/17/data"
+        return {"service": "postgresql-17", "conf_dir": data, "include_dir": f"{data}/conf.d",
+                "main_conf": f"{data}/postgresql.conf", "family": "redhat"}
+    conf = "/etc/postgresql/17/main"
+    return {"service": "postgresql@17-main", "conf_dir": conf, "include_dir": f"{conf}/conf.d",
+            "main_conf": f"{conf}/postgresql.conf", "family": "debian"}
