@@ -160,6 +160,17 @@ def test_unit_orders_app_after_postgresql(host, layout):
     assert f"{layout['service']}.service" in after.split()
 
 
+def test_unit_exposure_score_is_at_most_2(host):
+    out = host.check_output(f"systemd-analyze security --no-pager {SERVICE}.service")
+    score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    assert score <= 2.0, out
+
+
+def test_app_cannot_write_its_own_code(host):
+    out = host.run(f"runuser -u fastapi -- touch {APP_DIR}/app/intruder.py")
+    assert out.rc != 0
+
+
 def test_app_user_has_no_login_shell(host):
     assert host.user("fastapi").shell in ("/usr/sbin/nologin", "/bin/false")
 
