@@ -60,6 +60,7 @@ stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix
 stage "molecule default" molecule test --scenario-name default
 stage "molecule multihost" molecule test --scenario-name multihost
 stage "molecule pgdg-mirror" molecule test --scenario-name pgdg-mirror
+stage "molecule resilience" molecule test --scenario-name resilience
 
 # Platforms that need a registry image and PGDG: run only where an image is named.
 for platform in debian12:DEBIAN12 ubuntu2404:UBUNTU2404 rocky9:ROCKY9 alma9:ALMA9; do

@@ -1,6 +1,73 @@
 """The connection budget across app hosts and their database hosts (preflight)."""
 
+from ansible.errors import AnsibleFilterError
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _value(name, hv, defaults, key):
+    try:
+        return hv[key] if key in hv else defaults[key]
+    except Exception as exc:  # a template that needs the host's own run context
+        raise AnsibleFilterError(
+            f"{key} of {name} cannot be read outside a run on {name} ({exc}); "
+            f"include {name} in the run or give {key} a plain value"
+        ) from exc
+
+
+def _whole(name, key, value):
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise AnsibleFilterError(f"{key} is {value!r} on {name}; accepted: a whole number")
+    return number
+
+
+def pool_rows(hosts, hostvars, defaults, dbservers):
+    """Each app host's pool values: its own, its groups', else the role defaults.
+
+    Read from the inventory for every app host, so a --limit run still adds up all of them.
+    """
+    rows = []
+    for name in hosts:
+        hv = hostvars[name]
+        if "__fastpg_pools" in hv:
+            rows.append(dict(hv["__fastpg_pools"]))
+            continue
+        rows.append({
+            "host": name,
+            "db_host": str(_value(name, hv, defaults, "fastapi_app_db_host")),
+            "in_dbservers": name in dbservers,
+            **{short: _whole(name, key, _value(name, hv, defaults, key)) for short, key in (
+                ("workers", "fastapi_app_workers"),
+                ("pool_size", "fastapi_app_pool_size"),
+                ("max_overflow", "fastapi_app_max_overflow"))},
+        })
+    return rows
+
+
+def db_rows(hosts, hostvars, defaults):
+    """Each database host's limits; cores only when known without touching it."""
+    rows = []
+    for name in hosts:
+        hv = hostvars[name]
+        if "__fastpg_limits" in hv:
+            rows.append(dict(hv["__fastpg_limits"]))
+            continue
+        facts = hv["ansible_facts"] if "ansible_facts" in hv else {}
+        cpus = hv["postgresql_cpus"] if "postgresql_cpus" in hv else facts.get("processor_vcpus")
+        rows.append({
+            "host": name,
+            "address": str(hv["ansible_host"]) if "ansible_host" in hv else name,
+            "max_connections": _whole(name, "postgresql_max_connections",
+                                      _value(name, hv, defaults, "postgresql_max_connections")),
+            "superuser_reserved": _whole(name, "postgresql_superuser_reserved_connections",
+                                         _value(name, hv, defaults, "postgresql_superuser_reserved_connections")),
+            "cpus": int(cpus) if str(cpus or "").isdigit() else None,
+        })
+    return rows
 
 
 def resolve_db_hosts(apps, dbs):
@@ -108,4 +175,6 @@ class FilterModule:
         return {
             "fastpg_resolve_db_hosts": resolve_db_hosts,
             "fastpg_connection_budget": connection_budget,
+            "fastpg_pool_rows": pool_rows,
+            "fastpg_db_rows": db_rows,
         }

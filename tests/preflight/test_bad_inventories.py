@@ -143,3 +143,13 @@ def test_host_var_beats_group_var_beats_role_default(run_site):
     assert re.search(r"app1\s+db1\s+2\s+6\s+30\s+72\s+12", out), out
     assert re.search(r"app2\s+db1\s+2\s+9\s+30\s+78\s+18", out), out
     assert "150 app peak" in out
+
+
+def test_a_limited_run_still_counts_every_app_host(run_site):
+    """--limit app1 must not hide app2's connections from the budget."""
+    rc, out = run_site(inventory(apps(fastapi_app_pool_size=40, fastapi_app_max_overflow=50)),
+                       extra=["--limit", "app1"])
+    assert rc != 0
+    out = re.sub(r"\s+", " ", out)
+    assert "db1: 360 app peak" in out and "OVER by 73" in out
+    assert TOUCHED not in out

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Fault drills run inside the test container (stdlib only); each writes its figures as JSON.
+
+  drills.py sigkill OUT                 SIGKILL uvicorn's main process, time until /health is 200 again
+  drills.py load-restart OUT N C UNIT   N requests, C at a time, over /health and /users/?limit=10;
+                                        restarts UNIT once a fifth of them are done
+  drills.py seed OUT N                  create N users, record their ids
+  drills.py check-seed SEED OUT         after a restart: are those users still there?
+Traffic goes to 127.0.0.1 only.
+"""
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+BASE = "http://127.0.0.1:8000"
+
+
+def get(path, timeout=2.0):
+    try:
+        with urllib.request.urlopen(BASE + path, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, None
+    except OSError:
+        return None, None
+
+
+def post(path, body):
+    req = urllib.request.Request(BASE + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.status, json.loads(r.read())
+
+
+def write(out, data):
+    with open(out, "w") as fh:
+        json.dump(data, fh, indent=2)
+    print(json.dumps(data))
+
+
+def sigkill(out):
+    pid = int(subprocess.check_output(
+        ["systemctl", "show", "--property=MainPID", "--value", "fastapi-app"], text=True))
+    assert pid > 0 and get("/health")[0] == 200, "app not healthy before the drill"
+    killed = time.monotonic()
+    subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    while time.monotonic() - killed < 30:
+        status, body = get("/health", timeout=0.5)
+        if status == 200 and body["database"] == "connected":
+            break
+        time.sleep(0.05)
+    recovered = time.monotonic() - killed
+    new_pid = int(subprocess.check_output(
+        ["systemctl", "show", "--property=MainPID", "--value", "fastapi-app"], text=True))
+    write(out, {"killed_pid": pid, "new_pid": new_pid, "recovered_s": round(recovered, 3),
+                "healthy": status == 200})
+
+
+async def one(path):
+    start = time.monotonic()
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 8000), 10)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readline(), 35)
+        await reader.read()
+        writer.close()
+        status = int(head.split()[1])
+    except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+        status = 0
+    return start, time.monotonic(), status, path
+
+
+async def load(total, concurrency, unit):
+    paths = ["/health", "/users/?limit=10"]
+    results, window = [], {}
+    queue = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(paths[i % 2])
+    trigger = total // 5
+
+    def restart():
+        window["start"] = time.monotonic()
+        subprocess.run(["systemctl", "restart", unit], check=True)
+        window["end"] = time.monotonic()
+
+    async def worker():
+        while True:
+            try:
+                path = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            results.append(await one(path))
+            if len(results) == trigger and not window:
+                window["thread"] = threading.Thread(target=restart)
+                window["thread"].start()
+
+    began = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    window.pop("thread").join()
+    elapsed = time.monotonic() - began
+    ok = [r for r in results if r[2] == 200]
+    failed = [r for r in results if r[2] != 200]
+    after = [r for r in failed if r[0] > window["end"]]
+    outside = [r for r in failed if r[1] < window["start"]]
+    return {
+        "requests": len(results), "concurrency": concurrency, "ok": len(ok), "failed": len(failed),
+        "failed_started_after_restart": len(after), "failed_before_restart": len(outside),
+        "restart_s": round(window["end"] - window["start"], 3),
+        "started_after_restart": sum(1 for r in results if r[0] > window["end"]),
+        "elapsed_s": round(elapsed, 3), "requests_per_s": round(len(results) / elapsed, 1),
+        "statuses": sorted({r[2] for r in results}),
+    }
+
+
+def load_restart(out, total, concurrency, unit):
+    data = asyncio.run(load(int(total), int(concurrency), unit))
+    status, stats = get("/pool-stats")
+    data["pool_after"] = stats
+    data["health_after"] = get("/health")[0]
+    write(out, data)
+
+
+def seed(out, count):
+    ids = []
+    stamp = int(time.time())
+    for i in range(int(count)):
+        name = f"drill{stamp}_{i}"
+        status, body = post("/users/", {"username": name, "email": f"{name}@example.com",
+                                        "password": "drill-password"})
+        assert status == 201
+        ids.append(body["id"])
+    write(out, {"ids": ids})
+
+
+def check_seed(seed_file, out):
+    ids = json.load(open(seed_file))["ids"]
+    found = [i for i in ids if get(f"/users/{i}")[0] == 200]
+    write(out, {"seeded": len(ids), "found": len(found)})
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"sigkill": sigkill, "load-restart": load_restart, "seed": seed, "check-seed": check_seed}[cmd](*args)
