@@ -28,15 +28,46 @@ def address_of(name):
     return out.split()[3].split("/")[0]
 
 
-def test_postgresql_listens_beyond_loopback(host):
-    assert host.socket("tcp://0.0.0.0:5432").is_listening
+def test_postgresql_listens_on_loopback_and_its_own_address_only(host):
+    own = address_of("fastpg-db")
+    assert host.socket(f"tcp://{own}:5432").is_listening
+    assert host.socket("tcp://127.0.0.1:5432").is_listening
+    assert not host.socket("tcp://0.0.0.0:5432").is_listening
 
 
 def test_pg_hba_admits_the_app_hosts_only(host):
     hba = host.file("/etc/postgresql/17/main/pg_hba.conf").content_string
     rules = [line.split() for line in hba.splitlines() if line.startswith("host")]
     assert sorted(rule[3] for rule in rules) == sorted(f"{address_of(a)}/32" for a in APPS)
-    assert all(rule[1:3] == ["fastpg", "fastpg"] and rule[4] == "scram-sha-256" for rule in rules)
+    assert all(rule[0] == "hostssl" and rule[1:3] == ["fastpg", "fastpg"] and rule[4] == "scram-sha-256"
+               for rule in rules)
+
+
+def test_apps_connect_over_tls_only(host):
+    q = ("SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) FROM pg_stat_ssl s "
+         "JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'fastpg'")
+    with_tls, without = host.check_output("runuser -u postgres -- psql -XAtq -c %s", q).split("|")
+    assert int(with_tls) > 0 and int(without) == 0
+
+
+def test_app_env_asks_for_verify_full():
+    env = remote("fastpg-app1").file("/opt/fastapi-app/app.env").content_string
+    assert "PGSSLMODE=verify-full" in env
+    assert "PGSSLROOTCERT=/opt/fastapi-app/db-ca.pem" in env
+
+
+def test_plain_connection_from_an_app_host_is_refused():
+    out = remote("fastpg-app1").run(
+        "/opt/fastapi-app/venv/bin/python -c %s",
+        "import asyncio,asyncpg\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await asyncpg.connect(host='fastpg-db', user='fastpg', database='fastpg', password='x', ssl=False)\n"
+        "    except Exception as e:\n"
+        "        print(type(e).__name__, e)\n"
+        "asyncio.run(main())",
+    )
+    assert "no pg_hba.conf entry" in out.stdout and "no encryption" in out.stdout, out.stdout + out.stderr
 
 
 def test_outsider_is_refused_by_pg_hba():
