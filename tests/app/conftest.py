@@ -30,6 +30,7 @@ POOL = {
     "fastapi_app_pool_recycle": 600,
     "fastapi_app_pool_pre_ping": True,
     "fastapi_app_echo": False,
+    "fastapi_app_pool_class": "queue",
 }
 
 

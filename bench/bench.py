@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""fastpg benchmarks, side by side in one run on one machine (see bench/README.md).
+
+1. fresh converge of the stack on a Debian 13 container vs the tutorial's shell script on an
+   identical one; 2. the idempotent re-run (time, changed count) vs the script's re-run;
+3. one database host with three app hosts vs one host alone; 4. load inside the container
+over loopback (ab): the tutorial's load and a heavier one, against the deployed QueuePool
+app, the same app with NullPool, and a bare asyncpg endpoint as the ceiling.
+Writes bench/results/latest.json, latest.md and PNG charts.
+"""
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results"
+IMAGE = os.environ.get("FASTPG_IMAGE", "fastpg/debian:trixie")
+VENV_BIN = ROOT / ".venv" / "bin"
+SHARED_VARS = ROOT / "molecule" / "resources" / "inventory" / "group_vars" / "all.yml"
+APP_SRC = ROOT / "roles" / "fastapi_app" / "files" / "reference_app"
+LOADS = [("tutorial", 1000, 50), ("heavy", 10000, 100)]
+CONFIGS = [("QueuePool (deployed)", 8000), ("NullPool", 8001), ("raw asyncpg", 8002)]
+PATHS = ["/health", "/users/?limit=10", "/pool-stats"]
+RUN = ["--cgroupns", "host", "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+       "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+       "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"]
+
+
+def log(msg):
+    print(f"[bench] {msg}", flush=True)
+
+
+def sh(*cmd, check=True, capture=True, **kw):
+    done = subprocess.run(cmd, text=True, capture_output=capture, **kw)
+    if check and done.returncode:
+        raise RuntimeError(f"{cmd[:4]} failed ({done.returncode}): {(done.stdout or '')[-2000:]}{(done.stderr or '')[-2000:]}")
+    return done
+
+
+def container(name, network=None):
+    sh("docker", "rm", "-f", name, check=False)
+    net = ["--network", network, "--network-alias", name] if network else []
+    sh("docker", "run", "-d", "--name", name, "--hostname", name, *RUN, *net, IMAGE, "/lib/systemd/systemd")
+    sh("docker", "exec", name, "systemctl", "is-system-running", "--wait", check=False)
+
+
+def dexec(name, *cmd, check=True):
+    return sh("docker", "exec", name, *cmd, check=check)
+
+
+def inventory(tmp, db, apps, extra=None):
+    hosts = {"all": {"vars": {"ansible_connection": "community.docker.docker"},
+                     "children": {"dbservers": {"hosts": {db: None}},
+                                  "appservers": {"hosts": {a: None for a in apps}}}}}
+    inv = Path(tmp) / "hosts.yml"
+    inv.write_text(yaml.safe_dump(hosts))
+    (Path(tmp) / "group_vars").mkdir(exist_ok=True)
+    shutil.copy(SHARED_VARS, Path(tmp) / "group_vars" / "all.yml")
+    if extra:
+        (Path(tmp) / "group_vars" / "zz_bench.yml").write_text(yaml.safe_dump(extra))
+    return inv
+
+
+def converge(inv, cache):
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CACHE_PLUGIN_CONNECTION=str(cache))
+    env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
+    start = time.monotonic()
+    done = sh(str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(ROOT / "site.yml"), env=env, cwd=ROOT)
+    took = time.monotonic() - start
+    changed = sum(int(m) for m in re.findall(r"changed=(\d+)", done.stdout.split("PLAY RECAP")[-1]))
+    return round(took, 1), changed
+
+
+def provisioning(tmp):
+    log("provisioning: fastpg vs the tutorial's shell script, on identical fresh containers")
+    container("fastpg-bench-shell")
+    container("fastpg-bench-ansible")
+    password = yaml.safe_load(SHARED_VARS.read_text())["fastapi_app_db_password"]
+    pw = Path(tmp) / "db_password"
+    pw.write_text(password)
+    req = Path(tmp) / "requirements.txt"
+    req.write_text((ROOT / "roles/fastapi_app/files/requirements-base.txt").read_text()
+                   + (APP_SRC / "requirements.txt").read_text())
+    for src, dst in [(ROOT / "bench/tutorial.sh", "/root/tutorial.sh"), (pw, "/root/db_password"),
+                     (req, "/root/requirements.txt"), ("/etc/ssl/certs/ca-certificates.crt", "/root/ca.pem"),
+                     (APP_SRC, "/root/app")]:
+        sh("docker", "cp", str(src), f"fastpg-bench-shell:{dst}")
+    runs = {}
+    for label in ("fresh", "rerun"):
+        start = time.monotonic()
+        dexec("fastpg-bench-shell", "bash", "/root/tutorial.sh")
+        runs[f"shell_{label}_s"] = round(time.monotonic() - start, 1)
+        log(f"shell script {label}: {runs[f'shell_{label}_s']} s")
+    inv = inventory(tmp, "fastpg-bench-ansible", ["fastpg-bench-ansible"])
+    cache = Path(tmp) / "facts-single"
+    runs["fastpg_fresh_s"], runs["fastpg_fresh_changed"] = converge(inv, cache)
+    log(f"fastpg converge: {runs['fastpg_fresh_s']} s")
+    runs["fastpg_rerun_s"], runs["fastpg_rerun_changed"] = converge(inv, cache)
+    log(f"fastpg re-run: {runs['fastpg_rerun_s']} s, changed={runs['fastpg_rerun_changed']}")
+    sh("docker", "rm", "-f", "fastpg-bench-shell", check=False)
+    runs["converge_ratio"] = round(runs["fastpg_fresh_s"] / runs["shell_fresh_s"], 2)
+    runs["rerun_ratio"] = round(runs["fastpg_rerun_s"] / runs["shell_rerun_s"], 2)
+    return runs
+
+
+def multihost(tmp, single_s):
+    log("one database host with three app hosts")
+    net = "fastpg-bench"
+    sh("docker", "network", "create", net, check=False)
+    names = ["fastpg-bench-db"] + [f"fastpg-bench-app{i}" for i in (1, 2, 3)]
+    for n in names:
+        container(n, network=net)
+    sub = Path(tmp) / "multi"
+    sub.mkdir()
+    inv = inventory(sub, names[0], names[1:], {"fastapi_app_db_host": names[0]})
+    took, _ = converge(inv, Path(tmp) / "facts-multi")
+    for n in names:
+        sh("docker", "rm", "-f", n, check=False)
+    sh("docker", "network", "rm", net, check=False)
+    log(f"1 db + 3 app hosts: {took} s")
+    return {"multi_4_hosts_s": took, "single_host_s": single_s, "multi_ratio": round(took / single_s, 2)}
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q / 100 * len(values)))], 1)
+
+
+def ab(port, total, concurrency):
+    per_path = total // len(PATHS)
+    latencies, failed, elapsed = [], 0, 0.0
+    for path in PATHS:
+        out = dexec("fastpg-bench-ansible", "ab", "-q", "-k", "-n", str(per_path), "-c", str(concurrency),
+                    "-g", "/root/ab.tsv", f"http://127.0.0.1:{port}{path}").stdout
+        elapsed += float(re.search(r"Time taken for tests:\s+([0-9.]+)", out).group(1))
+        failed += int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+        m = re.search(r"Non-2xx responses:\s+(\d+)", out)
+        failed += int(m.group(1)) if m else 0
+        tsv = dexec("fastpg-bench-ansible", "cat", "/root/ab.tsv").stdout.splitlines()[1:]
+        latencies += [float(line.split("\t")[4]) for line in tsv if line.strip()]
+    return {"requests": per_path * len(PATHS), "concurrency": concurrency, "failed": failed,
+            "requests_per_s": round(per_path * len(PATHS) / elapsed, 1),
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+            "p99_ms": percentile(latencies, 99), "mean_ms": round(statistics.mean(latencies), 1),
+            "latencies_ms": latencies}
+
+
+def load():
+    log("load: deployed QueuePool app, NullPool, raw asyncpg, inside the container over loopback")
+    name = "fastpg-bench-ansible"
+    dexec(name, "sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apache2-utils >/dev/null")
+    sh("docker", "cp", str(ROOT / "bench/raw_app.py"), f"{name}:/opt/fastapi-app/raw_app.py")
+    dexec(name, "chmod", "0644", "/opt/fastapi-app/raw_app.py")
+    common = ["systemd-run", "--collect", "-p", "User=fastapi", "-p", "EnvironmentFile=/opt/fastapi-app/app.env"]
+    uv = "/opt/fastapi-app/venv/bin/uvicorn"
+    flags = ["--workers", "2", "--loop", "uvloop", "--http", "httptools", "--no-server-header"]
+    dexec(name, *common, "--unit=bench-null", "--setenv=FASTPG_POOL_CLASS=null",
+          "-p", "WorkingDirectory=/opt/fastapi-app/app", uv, "main:app", "--host", "127.0.0.1", "--port", "8001", *flags)
+    dexec(name, *common, "--unit=bench-raw", "-p", "WorkingDirectory=/opt/fastapi-app",
+          uv, "raw_app:app", "--host", "127.0.0.1", "--port", "8002", *flags)
+    dexec(name, "python3", "-c", """
+import json, time, urllib.request
+for port in (8000, 8001, 8002):
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2); break
+        except OSError:
+            time.sleep(0.2)
+for i in range(20):
+    body = json.dumps({"username": f"bench{i}", "email": f"bench{i}@example.com", "password": "bench-password"})
+    req = urllib.request.Request("http://127.0.0.1:8000/users/", data=body.encode(), headers={"Content-Type": "application/json"})
+    try: urllib.request.urlopen(req)
+    except urllib.error.HTTPError: pass
+""")
+    results = {}
+    for label, port in CONFIGS:
+        ab(port, 300, 10)  # warm-up
+        for load_name, total, conc in LOADS:
+            r = ab(port, total, conc)
+            results.setdefault(load_name, {})[label] = r
+            log(f"{load_name} {label}: {r['requests_per_s']} req/s p50 {r['p50_ms']} p95 {r['p95_ms']} "
+                f"p99 {r['p99_ms']} ms, failed {r['failed']}")
+    return results
+
+
+def charts(load_results):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [c for c, _ in CONFIGS]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.38
+    for i, (load_name, _, conc) in enumerate(LOADS):
+        rps = [load_results[load_name][c]["requests_per_s"] for c in labels]
+        ax.bar([x + i * width for x in range(len(labels))], rps, width, label=f"{load_name} ({conc} concurrent)")
+    ax.set_xticks([x + width / 2 for x in range(len(labels))], labels)
+    ax.set_ylabel("requests/s")
+    ax.set_title("Throughput per configuration")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "requests_per_s.png", dpi=110)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for c in labels:
+        lat = sorted(load_results["heavy"][c]["latencies_ms"])
+        ax.plot(lat, [i / len(lat) for i in range(len(lat))], label=c)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("share of requests")
+    ax.set_title("Latency distribution, heavy load (10,000 requests, 100 concurrent)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "latency_cdf.png", dpi=110)
+
+
+def markdown(data):
+    p, m, lo = data["provisioning"], data["multihost"], data["load"]
+    t = data["targets"]
+    lines = [
+        f"Measured {data['date']} on {data['machine']}.", "",
+        "| provisioning | fastpg | shell script | ratio | target |", "|---|---|---|---|---|",
+        f"| fresh converge | {p['fastpg_fresh_s']} s | {p['shell_fresh_s']} s | {p['converge_ratio']} | ≤ 1.5 {t['converge']} |",
+        f"| re-run | {p['fastpg_rerun_s']} s, changed={p['fastpg_rerun_changed']} | {p['shell_rerun_s']} s "
+        f"| {p['rerun_ratio']} | ≤ 2, changed=0 {t['rerun']} |",
+        f"| 1 db + 3 app hosts vs 1 host | {m['multi_4_hosts_s']} s | {m['single_host_s']} s (1 host) | {m['multi_ratio']} | |",
+        "", "| load | configuration | requests/s | p50 ms | p95 ms | p99 ms | failed |", "|---|---|---|---|---|---|---|",
+    ]
+    for load_name, total, conc in LOADS:
+        for c, _ in CONFIGS:
+            r = lo[load_name][c]
+            lines.append(f"| {total} req, {conc} concurrent | {c} | {r['requests_per_s']} | {r['p50_ms']} | "
+                         f"{r['p95_ms']} | {r['p99_ms']} | {r['failed']} |")
+    lines += ["", f"Pooled vs NullPool requests/s (heavy): {t['pooled_ratio']} (target ≥ 3 {t['pooled']}); "
+              f"failed requests: {t['failures']} (target 0 {t['no_failures']})"]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            prov = provisioning(tmp)
+            lo = load()
+            sh("docker", "rm", "-f", "fastpg-bench-ansible", check=False)
+            multi = multihost(tmp, prov["fastpg_fresh_s"])
+        finally:
+            for n in ("fastpg-bench-shell", "fastpg-bench-ansible"):
+                sh("docker", "rm", "-f", n, check=False)
+    heavy = lo["heavy"]
+    pooled_ratio = round(heavy["QueuePool (deployed)"]["requests_per_s"] / heavy["NullPool"]["requests_per_s"], 2)
+    failures = sum(r["failed"] for ld in lo.values() for r in ld.values())
+    ok = lambda b: "met" if b else "NOT met"  # noqa: E731
+    data = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB",
+        "provisioning": prov, "multihost": multi, "load": lo,
+        "targets": {"converge": ok(prov["converge_ratio"] <= 1.5),
+                    "rerun": ok(prov["rerun_ratio"] <= 2 and prov["fastpg_rerun_changed"] == 0),
+                    "pooled_ratio": pooled_ratio, "pooled": ok(pooled_ratio >= 3),
+                    "failures": failures, "no_failures": ok(failures == 0)},
+    }
+    charts(lo)
+    for ld in lo.values():
+        for r in ld.values():
+            r.pop("latencies_ms")
+    (OUT / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
+    (OUT / "latest.md").write_text(markdown(data))
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
