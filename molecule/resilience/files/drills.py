@@ -135,7 +135,8 @@ async def load(total, concurrency, unit):
         "failed_before_restart": len(before), "failed_after_restart": len(after), "grace_s": grace,
         "restart_s": round(window["end"] - window["start"], 3),
         "ok_before_restart": sum(1 for r in ok if r[1] < window["start"]),
-        "ok_after_restart": sum(1 for r in ok if r[1] > window["end"]),
+        # Recovery: requests sent after the last failure came back, all served.
+        "ok_after_last_failure": sum(1 for r in ok if r[0] > max((f[1] for f in failed), default=0)),
         "elapsed_s": round(elapsed, 3), "requests_per_s": round(len(results) / elapsed, 1),
         "statuses": sorted({r[2] for r in results}),
     }
