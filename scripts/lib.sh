@@ -29,15 +29,19 @@ install_host_packages() {
 }
 
 start_docker() {
-  if ! docker info >/dev/null 2>&1; then
-    log "starting dockerd"
-    need_root
-    if [ ! -S /var/run/docker.sock ]; then
-      nohup dockerd >/var/log/fastpg-dockerd.log 2>&1 &
-    fi
-    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 && return 0
+  log "starting dockerd"
+  need_root
+  if ! pgrep -x dockerd >/dev/null; then
+    # A machine restored from a snapshot keeps /run but not the processes: a socket or
+    # pid file left behind by a dockerd that no longer runs would stop a new one starting.
+    rm -f /var/run/docker.pid /var/run/docker.sock
+    nohup dockerd >/var/log/fastpg-dockerd.log 2>&1 &
   fi
-  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/fastpg-dockerd.log" >&2; exit 1; }
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
+  echo "dockerd did not start; the end of /var/log/fastpg-dockerd.log:" >&2
+  tail -n 20 /var/log/fastpg-dockerd.log >&2 || true
+  exit 1
 }
 
 # The tool venv, from the pinned requirements-dev.txt; rebuilt when that file changes.
