@@ -13,11 +13,13 @@ need_root() {
   [ "$(id -u)" -eq 0 ] || { echo "run as root: it installs packages and starts dockerd" >&2; exit 1; }
 }
 
-# Debian packages: the Docker engine, debootstrap for the image, PostgreSQL for the app's tests.
+# Debian packages: the Docker engine, debootstrap for the image, rsync for the code
+# deployment, PostgreSQL for the app's tests.
 install_host_packages() {
   local missing=()
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v rsync >/dev/null || missing+=(rsync)
   if [ "${1:-}" = with-postgresql ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     missing+=(postgresql)
   fi

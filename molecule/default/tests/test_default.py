@@ -171,6 +171,14 @@ def test_app_cannot_write_its_own_code(host):
     assert out.rc != 0
 
 
+def test_only_root_and_the_app_group_can_reach_the_code(host):
+    base = host.file(APP_DIR)
+    assert (base.user, base.group, base.mode) == ("root", "fastapi", 0o750)
+    assert host.run(f"runuser -u nobody -- ls {APP_DIR}/app").rc != 0
+    owners = host.check_output(f"find {APP_DIR}/app -not -user root | head -5")
+    assert owners == "", owners
+
+
 def test_app_user_has_no_login_shell(host):
     assert host.user("fastapi").shell in ("/usr/sbin/nologin", "/bin/false")
 

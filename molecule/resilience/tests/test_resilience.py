@@ -173,3 +173,50 @@ def test_no_run_reinitialised_the_cluster_or_lost_a_row(host, baseline):
     assert now["system_identifier"] == baseline["system_identifier"]
     assert now["users"] >= baseline["users"]
     assert figures(host, "after-restart")["found"] == 5
+
+
+# --- A user's own app ---------------------------------------------------------------------
+
+APP_CODE = "/opt/fastapi-app/app"
+REFERENCE_APP = ROOT / "roles" / "fastapi_app" / "files" / "reference_app"
+# The settings the tests above left in place, so these runs change only the app.
+LAST_VARS = {"postgresql_settings": dict(SETTINGS, work_mem="3MB", shared_buffers="192MB"),
+             "fastapi_app_pool_size": 8}
+
+
+def deployed(host):
+    return set(host.check_output(f"cd {APP_CODE} && find . -type f | sort").splitlines())
+
+
+def test_own_app_source_is_deployed_exactly_and_by_content(host, tmp_path):
+    src = tmp_path / "my_app"
+    shutil.copytree(REFERENCE_APP, src, ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "extra_module.py").write_text("VALUE = 1\n")
+    (src / ".env").write_text("SECRET=never-deployed\n")
+    (src / "tests").mkdir()
+    (src / "tests" / "test_extra.py").write_text("def test_nothing():\n    pass\n")
+    extra = ["-e", json.dumps(dict(LAST_VARS, fastapi_app_source=str(src))), "--limit", "fastpg-resilience"]
+
+    rc, out = playbook(*extra)
+    assert rc == 0, out[-3000:]
+    files = deployed(host)
+    assert "./extra_module.py" in files and "./database.py" in files
+    assert not [f for f in files if f.endswith(".env") or f.startswith("./tests/")], files
+    pid = pg_state(host)["app_pid"]
+
+    # The same content with new timestamps (a fresh checkout) is no change at all.
+    for path in src.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    rc, out = playbook(*extra)
+    assert rc == 0, out[-3000:]
+    assert recap(out)["changed"] == 0
+    assert pg_state(host)["app_pid"] == pid
+
+    # A file removed from the source leaves the host, and the app restarts on the new tree.
+    (src / "extra_module.py").unlink()
+    rc, out = playbook(*extra)
+    assert rc == 0, out[-3000:]
+    assert "./extra_module.py" not in deployed(host)
+    assert pg_state(host)["app_pid"] != pid
+    assert host.run("python3 -c %s", "import urllib.request;urllib.request.urlopen("
+                    "'http://127.0.0.1:8000/health')").rc == 0
