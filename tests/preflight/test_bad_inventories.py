@@ -123,13 +123,16 @@ def test_good_inventory_passes_preflight_and_prints_the_budget(run_site):
 
 
 def test_preflight_is_the_first_play_of_site_yml(run_site):
-    """A good inventory gets past preflight; the first host contact is the database tier's."""
+    """A good inventory gets past preflight; the first host contact is the next play's."""
     rc, out = run_site(inventory())
     assert rc != 0
     out = re.sub(r"\s+", " ", out)
     pre = out.index("PLAY [Preflight")
-    assert "= 213 of postgresql_max_connections 300: ok" in out[pre:]
-    assert out.index(TOUCHED) > out.index("PLAY [Database tier")
+    first_after = out.index("PLAY [", pre + 1)
+    assert "= 213 of postgresql_max_connections 300: ok" in out[pre:first_after]
+    assert TOUCHED not in out[:first_after]
+    assert out[first_after:].startswith("PLAY [Application tier | Packages, user")
+    assert TOUCHED in out[first_after:]
 
 
 def test_host_var_beats_group_var_beats_role_default(run_site):
