@@ -179,6 +179,14 @@ def test_only_root_and_the_app_group_can_reach_the_code(host):
     assert owners == "", owners
 
 
+def test_venv_records_the_requirements_it_was_built_from(host):
+    stamp = host.file(f"{APP_DIR}/venv/fastpg-requirements.txt")
+    deployed = host.file(f"{APP_DIR}/requirements.txt")
+    assert (stamp.user, stamp.mode) == ("root", 0o644)
+    assert stamp.content_string == deployed.content_string
+    assert "fastapi==" in stamp.content_string
+    assert host.run(f"{APP_DIR}/venv/bin/pip check").rc == 0
+
 def test_app_user_has_no_login_shell(host):
     assert host.user("fastapi").shell in ("/usr/sbin/nologin", "/bin/false")
 

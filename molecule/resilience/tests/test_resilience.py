@@ -184,6 +184,33 @@ LAST_VARS = {"postgresql_settings": dict(SETTINGS, work_mem="3MB", shared_buffer
              "fastapi_app_pool_size": 8}
 
 
+# --- The virtualenv -----------------------------------------------------------------------
+
+def task_status(out, task):
+    """What the default callback printed for a task: ok, changed, skipping or failed."""
+    m = re.search(rf"^TASK \[[^\]]*{re.escape(task)}\][^\n]*\n+(\w+)", out, re.M)
+    assert m, f"task {task!r} not in the output"
+    return m[1]
+
+
+def test_re_run_installs_nothing_and_a_lost_virtualenv_is_rebuilt(host):
+    extra = ["-e", json.dumps(LAST_VARS), "--limit", "fastpg-resilience"]
+    rc, out = playbook(*extra)
+    assert rc == 0, out[-3000:]
+    assert recap(out)["changed"] == 0
+    assert task_status(out, "Venv | Install the requirements into the virtualenv") == "skipping"
+    pid = pg_state(host)["app_pid"]
+
+    host.check_output("rm -rf /opt/fastapi-app/venv")
+    rc, out = playbook(*extra)
+    assert rc == 0, out[-3000:]
+    assert task_status(out, "Venv | Install the requirements into the virtualenv") == "changed"
+    assert host.file("/opt/fastapi-app/venv/fastpg-requirements.txt").exists
+    assert pg_state(host)["app_pid"] != pid
+    assert host.run("python3 -c %s", "import urllib.request;urllib.request.urlopen("
+                    "'http://127.0.0.1:8000/health')").rc == 0
+
+
 def deployed(host):
     return set(host.check_output(f"cd {APP_CODE} && find . -type f | sort").splitlines())
 
