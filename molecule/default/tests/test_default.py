@@ -187,6 +187,7 @@ def test_venv_records_the_requirements_it_was_built_from(host):
     assert "fastapi==" in stamp.content_string
     assert host.run(f"{APP_DIR}/venv/bin/pip check").rc == 0
 
+
 def test_app_user_has_no_login_shell(host):
     assert host.user("fastapi").shell in ("/usr/sbin/nologin", "/bin/false")
 
