@@ -104,10 +104,12 @@ def test_host_has_no_locale_configured(host, layout):
         "/etc/default/locale").content_string
 
 
-def test_app_user_owns_database_and_public_schema(sql):
+def test_app_user_owns_database_and_so_its_public_schema(sql):
+    """PostgreSQL 15+: public belongs to pg_database_owner, which is the database's owner."""
     assert sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'fastpg'") == "fastpg"
     assert sql("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'",
-               database="fastpg") == "fastpg"
+               database="fastpg") == "pg_database_owner"
+    assert sql("SELECT has_schema_privilege('fastpg', 'public', 'CREATE')", database="fastpg") == "t"
 
 
 def test_app_password_is_scram_hashed(sql):
