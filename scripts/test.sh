@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, the reference app's tests against a real PostgreSQL, the
-# preflight's bad-inventory table, and `molecule test` for the default scenario (one host) and
-# the multihost scenario (a database host, two app hosts, an outsider) on systemd containers.
+# preflight's bad-inventory table, scripts/up.sh on the default inventory, and `molecule test`
+# for the scenarios (one host, multihost, the PGDG path, resilience) on systemd containers.
 # On a fresh machine it first installs what it needs (see scripts/lib.sh).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -57,6 +57,7 @@ stage "README variables" python scripts/gen-vars-doc.py --check
 stage "app pytest" "$APP_VENV/bin/python" -m pytest -c tests/app/pytest.ini tests/app
 stage "preflight tests" python -m pytest -q -p no:cacheprovider tests/preflight
 stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix
+stage "local target (scripts/up.sh)" python -m pytest -q -p no:cacheprovider tests/local
 stage "molecule default" molecule test --scenario-name default
 stage "molecule multihost" molecule test --scenario-name multihost
 stage "molecule pgdg-mirror" molecule test --scenario-name pgdg-mirror

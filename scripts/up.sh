@@ -3,12 +3,13 @@
 # from the locally built Debian 13 image, then `ansible-playbook -i inventories/local site.yml`.
 # Prints the app's URL and its /health answer. Safe to run again.
 #   FASTPG_LOCAL_PORT  host port published on 127.0.0.1 (default 8000)
+#   FASTPG_LOCAL_NAME  the container's name (default fastpg-local; the inventory follows it)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$FASTPG_ROOT"
 
-name=fastpg-local
+name=${FASTPG_LOCAL_NAME:-fastpg-local}
 port=${FASTPG_LOCAL_PORT:-8000}
 
 install_host_packages

@@ -131,7 +131,7 @@ def test_preflight_is_the_first_play_of_site_yml(run_site):
     first_after = out.index("PLAY [", pre + 1)
     assert "= 213 of postgresql_max_connections 300: ok" in out[pre:first_after]
     assert TOUCHED not in out[:first_after]
-    assert out[first_after:].startswith("PLAY [Application tier | Packages, user")
+    assert out[first_after:].startswith("PLAY [Prepare | Packages")
     assert TOUCHED in out[first_after:]
 
 
