@@ -30,6 +30,7 @@ SHARED_VARS = ROOT / "molecule" / "resources" / "inventory" / "group_vars" / "al
 APP_SRC = ROOT / "roles" / "fastapi_app" / "files" / "reference_app"
 LOADS = [("tutorial", 1000, 50), ("heavy", 10000, 100)]
 RERUNS = 3
+SSH_KEY = None  # a throwaway key, made in main()
 CONFIGS = [("QueuePool (deployed)", 8000), ("NullPool", 8001), ("raw asyncpg", 8002)]
 PATHS = ["/health", "/users/?limit=10", "/pool-stats"]
 RUN = ["--cgroupns", "host", "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
@@ -49,10 +50,26 @@ def sh(*cmd, check=True, capture=True, **kw):
 
 
 def container(name, network=None):
+    """A systemd container from the test image, reachable over SSH as production hosts are.
+
+    openssh-server goes into every bench container, the shell script's too, before anything
+    is timed; the package lists are dropped again, so each side's first apt run still starts
+    from none, as on the bare image.
+    """
     sh("docker", "rm", "-f", name, check=False)
     net = ["--network", network, "--network-alias", name] if network else []
     sh("docker", "run", "-d", "--name", name, "--hostname", name, *RUN, *net, IMAGE, "/lib/systemd/systemd")
     sh("docker", "exec", name, "systemctl", "is-system-running", "--wait", check=False)
+    dexec(name, "sh", "-c", "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq"
+          " && apt-get install -y -qq --no-install-recommends openssh-server >/dev/null"
+          " && apt-get clean && rm -rf /var/lib/apt/lists/* && install -d -m 0700 /root/.ssh")
+    sh("docker", "cp", str(SSH_KEY) + ".pub", f"{name}:/root/.ssh/authorized_keys")
+    dexec(name, "sh", "-c", "chown root:root /root/.ssh/authorized_keys && systemctl start ssh")
+
+
+def address(name):
+    return sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+              name).stdout.strip()
 
 
 def dexec(name, *cmd, check=True):
@@ -60,9 +77,14 @@ def dexec(name, *cmd, check=True):
 
 
 def inventory(tmp, db, apps, extra=None):
-    hosts = {"all": {"vars": {"ansible_connection": "community.docker.docker"},
-                     "children": {"dbservers": {"hosts": {db: None}},
-                                  "appservers": {"hosts": {a: None for a in apps}}}}}
+    # SSH with the project's ansible.cfg (pipelining, ControlPersist): the transport fastpg
+    # uses on real hosts, to the containers' own addresses on this machine.
+    ssh = {"ansible_connection": "ansible.builtin.ssh", "ansible_user": "root",
+           "ansible_ssh_private_key_file": str(SSH_KEY),
+           "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}
+    hosts = {"all": {"vars": ssh,
+                     "children": {"dbservers": {"hosts": {db: {"ansible_host": address(db)}}},
+                                  "appservers": {"hosts": {a: {"ansible_host": address(a)} for a in apps}}}}}
     inv = Path(tmp) / "hosts.yml"
     inv.write_text(yaml.safe_dump(hosts))
     (Path(tmp) / "group_vars").mkdir(exist_ok=True)
@@ -263,7 +285,10 @@ def markdown(data):
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    global SSH_KEY
     with tempfile.TemporaryDirectory() as tmp:
+        SSH_KEY = Path(tmp) / "id_ed25519"
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fastpg-bench", "-f", str(SSH_KEY))
         try:
             prov = provisioning(tmp)
             lo = load()

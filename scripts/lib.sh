@@ -14,12 +14,14 @@ need_root() {
 }
 
 # Debian packages: the Docker engine, debootstrap for the image, rsync for the code
-# deployment, PostgreSQL for the app's tests.
+# deployment, the SSH client for the benchmark, PostgreSQL for the app's tests.
 install_host_packages() {
   local missing=()
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v rsync >/dev/null || missing+=(rsync)
+  # The benchmark reaches its containers over SSH, the transport of real hosts.
+  command -v ssh >/dev/null || missing+=(openssh-client)
   if [ "${1:-}" = with-postgresql ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     missing+=(postgresql)
   fi
