@@ -64,3 +64,23 @@ build_image() {
   log "base image $FASTPG_IMAGE"
   bash "$FASTPG_ROOT/molecule/resources/build-image.sh" "$FASTPG_IMAGE"
 }
+
+# The local target: a systemd container from the test image, port 8000 published on
+# 127.0.0.1:$2. Started if stopped, created if absent; returns once systemd has booted.
+local_container() {
+  local name=$1 port=$2
+  if ! docker container inspect "$name" >/dev/null 2>&1; then
+    log "starting container $name"
+    # systemd as PID 1 without --privileged (see molecule/default/molecule.yml).
+    docker run -d --name "$name" --hostname "$name" \
+      --cgroupns host --cap-add SYS_ADMIN --cap-add NET_ADMIN \
+      --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+      --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
+      -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
+      -p "127.0.0.1:$port:8000" \
+      "$FASTPG_IMAGE" /lib/systemd/systemd >/dev/null
+  elif [ "$(docker container inspect -f '{{.State.Running}}' "$name")" != true ]; then
+    docker start "$name" >/dev/null
+  fi
+  docker exec "$name" systemctl is-system-running --wait >/dev/null 2>&1 || true
+}

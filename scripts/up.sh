@@ -17,20 +17,7 @@ start_docker
 make_venv
 build_image
 
-if ! docker container inspect "$name" >/dev/null 2>&1; then
-  log "starting container $name"
-  # systemd as PID 1 without --privileged (see molecule/default/molecule.yml).
-  docker run -d --name "$name" --hostname "$name" \
-    --cgroupns host --cap-add SYS_ADMIN --cap-add NET_ADMIN \
-    --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
-    --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
-    -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
-    -p "127.0.0.1:$port:8000" \
-    "$FASTPG_IMAGE" /lib/systemd/systemd >/dev/null
-elif [ "$(docker container inspect -f '{{.State.Running}}' "$name")" != true ]; then
-  docker start "$name" >/dev/null
-fi
-docker exec "$name" systemctl is-system-running --wait >/dev/null 2>&1 || true
+local_container "$name" "$port"
 
 log "ansible-playbook -i inventories/local site.yml"
 mkdir -p inventories/local/.secrets && chmod 0700 inventories/local/.secrets

@@ -1,0 +1,51 @@
+"""The roles on their own (tests/local/roles-alone.yml), without site.yml's preparing play:
+the path a user's own play takes. A new container and an empty fact cache, then a re-run that
+must change nothing."""
+
+import json
+import os
+import re
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = os.environ.get("FASTPG_TEST_ROLES_NAME", "fastpg-test-roles")
+PORT = int(os.environ.get("FASTPG_TEST_ROLES_PORT", "18001"))
+ANSIBLE_PLAYBOOK = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "ansible-playbook"
+
+
+def changed(out):
+    return sum(int(n) for n in re.findall(r"changed=(\d+)", out.split("PLAY RECAP")[-1]))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    env = dict(os.environ, FASTPG_LOCAL_NAME=NAME,
+               ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path_factory.mktemp("facts")))
+    subprocess.run(["docker", "rm", "-f", NAME], capture_output=True)
+    try:
+        subprocess.run(["bash", "-c", f'source scripts/lib.sh && local_container "{NAME}" {PORT}'],
+                       cwd=ROOT, check=True, capture_output=True)
+        play = [str(ANSIBLE_PLAYBOOK), "-i", "inventories/local", "tests/local/roles-alone.yml"]
+        first = subprocess.run(play, cwd=ROOT, env=env, capture_output=True, text=True)
+        second = subprocess.run(play, cwd=ROOT, env=env, capture_output=True, text=True)
+        yield first, second
+    finally:
+        subprocess.run(["docker", "rm", "-f", NAME], capture_output=True)
+
+
+def test_roles_alone_deploy_a_healthy_stack(runs):
+    first, _ = runs
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert changed(first.stdout) > 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=10) as resp:
+        assert json.load(resp)["database"] == "connected"
+
+
+def test_roles_alone_re_run_changes_nothing(runs):
+    _, second = runs
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
+    assert changed(second.stdout) == 0, second.stdout.split("PLAY RECAP")[-1]
