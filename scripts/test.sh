@@ -57,7 +57,7 @@ stage "README variables" python scripts/gen-vars-doc.py --check
 stage "app pytest" "$APP_VENV/bin/python" -m pytest -c tests/app/pytest.ini tests/app
 stage "preflight tests" python -m pytest -q -p no:cacheprovider tests/preflight
 stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix
-stage "local target (scripts/up.sh)" python -m pytest -q -p no:cacheprovider tests/local
+stage "local target (up.sh, roles alone)" python -m pytest -q -p no:cacheprovider tests/local
 stage "molecule default" molecule test --scenario-name default
 stage "molecule multihost" molecule test --scenario-name multihost
 stage "molecule pgdg-mirror" molecule test --scenario-name pgdg-mirror

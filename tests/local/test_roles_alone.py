@@ -49,3 +49,23 @@ def test_roles_alone_re_run_changes_nothing(runs):
     _, second = runs
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     assert changed(second.stdout) == 0, second.stdout.split("PLAY RECAP")[-1]
+
+
+def test_a_new_cluster_that_cannot_start_fails_with_its_journal(tmp_path):
+    """The new cluster's start does not block on pg_ctlcluster: a server that never comes up
+    must still fail the run, soon, with the reason from its journal."""
+    name = f"{NAME}-fail"
+    env = dict(os.environ, FASTPG_LOCAL_NAME=name, ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path))
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    try:
+        subprocess.run(["bash", "-c", f'source scripts/lib.sh && local_container "{name}" {PORT + 1}'],
+                       cwd=ROOT, check=True, capture_output=True)
+        # More shared memory than the machine has: the postmaster exits at once.
+        out = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", "inventories/local", "tests/local/roles-alone.yml",
+                              "-e", json.dumps({"postgresql_settings": {"shared_buffers": "100000GB"}})],
+                             cwd=ROOT, env=env, capture_output=True, text=True)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    assert out.returncode != 0
+    assert "did not accept connections within 20 seconds" in out.stdout
+    assert "could not map anonymous shared memory" in out.stdout or "shared_buffers" in out.stdout
