@@ -12,11 +12,10 @@ import os
 import re
 import subprocess
 import urllib.request
-from pathlib import Path
 
 import pytest
+from localtarget import ROOT, recap_changed, remove_container
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = os.environ.get("FASTPG_TEST_LOCAL_NAME", "fastpg-test-local")
 PORT = int(os.environ.get("FASTPG_TEST_LOCAL_PORT", "18000"))
 
@@ -25,22 +24,17 @@ def docker(*args, check=True):
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
 
 
-def recap_changed(out):
-    recap = out.split("PLAY RECAP")[-1]
-    return sum(int(n) for n in re.findall(r"changed=(\d+)", recap))
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     env = dict(os.environ, FASTPG_LOCAL_NAME=NAME, FASTPG_LOCAL_PORT=str(PORT),
                ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path_factory.mktemp("facts")))
-    docker("rm", "-f", NAME, check=False)
+    remove_container(NAME)
     try:
         first = subprocess.run(["bash", "scripts/up.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
         second = subprocess.run(["bash", "scripts/up.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
         yield first, second
     finally:
-        docker("rm", "-f", NAME, check=False)
+        remove_container(NAME)
 
 
 def test_up_deploys_the_stack_and_prints_its_health(runs):

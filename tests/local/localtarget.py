@@ -1,0 +1,23 @@
+"""Helpers for the tests that run against new local containers (scripts/lib.sh's local_container)."""
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recap_changed(out):
+    """The changed count summed over the hosts of a run's PLAY RECAP."""
+    return sum(int(n) for n in re.findall(r"changed=(\d+)", out.split("PLAY RECAP")[-1]))
+
+
+def new_container(name, port):
+    """A new systemd container from the test image, as scripts/up.sh makes fastpg-local."""
+    remove_container(name)
+    subprocess.run(["bash", "-c", f'source scripts/lib.sh && local_container "{name}" {port}'],
+                   cwd=ROOT, check=True, capture_output=True)
+
+
+def remove_container(name):
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
