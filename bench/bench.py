@@ -159,7 +159,7 @@ def multihost(tmp, single_s):
         container(n, network=net)
     sub = Path(tmp) / "multi"
     sub.mkdir()
-    inv = inventory(sub, names[0], names[1:], {"fastapi_app_db_host": names[0]})
+    inv = inventory(sub, names[0], names[1:], {"fastpg_db_host": names[0]})
     took, _ = converge(inv, Path(tmp) / "facts-multi")
     for n in names:
         sh("docker", "rm", "-f", n, check=False)

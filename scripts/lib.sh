@@ -60,6 +60,22 @@ make_venv() {
   echo "$want" >"$stamp"
 }
 
+# The collection as users get it: built from the checkout (galaxy.yml's build_ignore decides
+# what ships) and installed into a clean collections path. ANSIBLE_COLLECTIONS_PATH points
+# every later ansible command there, so fastpg.stack.* comes from that copy and never from
+# the checkout: a file missing from the build fails the tests that need it.
+install_collection() {
+  local dest="$FASTPG_ROOT/.cache/collection"
+  log "building and installing the collection fastpg.stack"
+  rm -rf "$dest"
+  mkdir -p "$dest/build" "$dest/installed"
+  "$VENV/bin/ansible-galaxy" collection build --output-path "$dest/build" "$FASTPG_ROOT" >/dev/null
+  "$VENV/bin/ansible-galaxy" collection install --offline --no-deps -p "$dest/installed" \
+    "$dest"/build/fastpg-stack-*.tar.gz >/dev/null
+  export ANSIBLE_COLLECTIONS_PATH="$dest/installed"
+  echo "installed $(basename "$dest"/build/fastpg-stack-*.tar.gz) into $ANSIBLE_COLLECTIONS_PATH"
+}
+
 build_image() {
   log "base image $FASTPG_IMAGE"
   bash "$FASTPG_ROOT/molecule/resources/build-image.sh" "$FASTPG_IMAGE"

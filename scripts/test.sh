@@ -30,6 +30,11 @@ export NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
 # Each playbook run ends with its wall time (converge, idempotence).
 export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.timer
 
+# Before anything needs it: every test below uses the installed collection, not the checkout.
+start=$SECONDS
+install_collection
+echo "--- collection build and install: ok ($((SECONDS - start)) s)"
+
 passed=0 failed=0 failures=()
 stage() {
   local name=$1; shift
@@ -63,13 +68,13 @@ stage "molecule multihost" molecule test --scenario-name multihost
 stage "molecule pgdg-mirror" molecule test --scenario-name pgdg-mirror
 stage "molecule resilience" molecule test --scenario-name resilience
 
-# Platforms that need a registry image and PGDG: run only where an image is named.
-for platform in debian12:DEBIAN12 ubuntu2404:UBUNTU2404 rocky9:ROCKY9 alma9:ALMA9; do
-  scenario=${platform%%:*} var=FASTPG_IMAGE_${platform#*:}
+# Platforms that need a registry image and PGDG: the platform scenario, once per image named.
+for platform in DEBIAN12 UBUNTU2204 UBUNTU2404 ROCKY9 ALMA9; do
+  var=FASTPG_IMAGE_$platform
   if [ -n "${!var:-}" ]; then
-    stage "molecule $scenario" molecule test --scenario-name "$scenario"
+    stage "molecule platform ${platform,,}" env FASTPG_PLATFORM_IMAGE="${!var}" molecule test --scenario-name platform
   else
-    echo "--- molecule $scenario: skipped ($var is not set: needs a registry image and PGDG, out of reach here)"
+    echo "--- molecule platform ${platform,,}: skipped ($var is not set: needs a registry image and PGDG, out of reach here)"
   fi
 done
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Deploy the stack to the local default target: one systemd container (fastpg-local) made
-# from the locally built Debian 13 image, then `ansible-playbook -i inventories/local site.yml`.
+# from the locally built Debian 13 image, then `ansible-playbook -i inventories/local fastpg.stack.site`.
 # Prints the app's URL and its /health answer. Safe to run again.
 #   FASTPG_LOCAL_PORT  host port published on 127.0.0.1 (default 8000)
 #   FASTPG_LOCAL_NAME  the container's name (default fastpg-local; the inventory follows it)
@@ -19,9 +19,11 @@ build_image
 
 local_container "$name" "$port"
 
-log "ansible-playbook -i inventories/local site.yml"
+log "ansible-playbook -i inventories/local fastpg.stack.site"
 mkdir -p inventories/local/.secrets && chmod 0700 inventories/local/.secrets
-"$VENV/bin/ansible-playbook" -i inventories/local site.yml "$@"
+# fastpg.stack.site: this checkout's collection (ansible.cfg's collections path), or the
+# installed one when ANSIBLE_COLLECTIONS_PATH names it (scripts/test.sh does).
+"$VENV/bin/ansible-playbook" -i inventories/local fastpg.stack.site "$@"
 
 url="http://127.0.0.1:$port"
 log "fastpg is up: $url"

@@ -1,5 +1,7 @@
 """Runs site.yml against throwaway inventories whose hosts cannot be reached.
 
+The playbooks are the collection's (fastpg.stack.*): the installed copy when
+ANSIBLE_COLLECTIONS_PATH names it (scripts/test.sh), else this checkout's (ansible.cfg).
 Every host connects through community.docker.docker to a container that does not exist, so
 any task that touched a host would end as UNREACHABLE: a run that stops with the preflight
 message and no UNREACHABLE proves no task ran on a host.
@@ -21,8 +23,8 @@ GOOD = {
         "vars": {
             "ansible_connection": "community.docker.docker",
             "ansible_python_interpreter": "/usr/bin/python3",
-            "fastapi_app_db_host": "db1",
-            "fastapi_app_db_password": "a-long-enough-test-secret",
+            "fastpg_db_host": "db1",
+            "fastpg_db_password": "a-long-enough-test-secret",
         },
         "children": {
             "dbservers": {"hosts": {"db1": {"ansible_host": "fastpg-absent-db1",
@@ -48,7 +50,7 @@ def inventory(change=None):
 
 @pytest.fixture
 def run_site(tmp_path):
-    def run(inv, playbook="site.yml", extra=()):
+    def run(inv, playbook="fastpg.stack.site", extra=()):
         if isinstance(inv, (str, Path)):
             path = ROOT / inv
         else:
@@ -62,7 +64,7 @@ def run_site(tmp_path):
         )
         env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
         done = subprocess.run(
-            [str(ANSIBLE_PLAYBOOK), "-i", str(path), str(ROOT / playbook), *extra],
+            [str(ANSIBLE_PLAYBOOK), "-i", str(path), playbook, *extra],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
         )
         return done.returncode, done.stdout + done.stderr

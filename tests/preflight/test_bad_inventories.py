@@ -74,22 +74,41 @@ CASES = {
     "max_connections lowered below the pools": (
         db(postgresql_max_connections=150),
         r"= 213 of postgresql_max_connections 150: OVER by 63"),
-    "missing password": (drop("fastapi_app_db_password"),
-                         r"(app1|db1): missing required arguments: fastapi_app_db_password"),
-    "placeholder password": (everyone(fastapi_app_db_password="CHANGE_ME_BEFORE_USE"),
-                             r"fastapi_app_db_password on (app1|db1) is the example placeholder"),
-    "short password": (everyone(fastapi_app_db_password="short"),
-                       r"fastapi_app_db_password on (app1|db1) is shorter than 12 characters"),
+    "missing password": (drop("fastpg_db_password"),
+                         r"(app1|db1): missing required arguments: fastpg_db_password"),
+    "placeholder password": (everyone(fastpg_db_password="CHANGE_ME_BEFORE_USE"),
+                             r"fastpg_db_password on (app1|db1) is the example placeholder"),
+    "short password": (everyone(fastpg_db_password="short"),
+                       r"fastpg_db_password on (app1|db1) is shorter than 12 characters"),
     "unsupported PostgreSQL version": (db(postgresql_version=15),
                                        r"postgresql_version.*(choices|one of).*16.*17.*18"),
     "max_connections not a number": (db(postgresql_max_connections="lots"),
                                      r"postgresql_max_connections.*(type str|convert to int|not a valid integer)"),
-    "app host with no database host": (app("app2", fastapi_app_db_host="db9"),
-                                       r"app2: fastapi_app_db_host is 'db9', which is no dbservers host"),
+    "app host with no database host": (app("app2", fastpg_db_host="db9"),
+                                       r"app2: fastpg_db_host is 'db9', which is no dbservers host"),
     "loopback database on a host without PostgreSQL": (
-        app("app1", fastapi_app_db_host="127.0.0.1"),
-        r"app1: fastapi_app_db_host is '127.0.0.1', but app1 is not in dbservers"),
-    "no database hosts at all": (no_dbservers, r"fastapi_app_db_host is 'db1', which is no dbservers host.*"
+        app("app1", fastpg_db_host="127.0.0.1"),
+        r"app1: fastpg_db_host is '127.0.0.1', but app1 is not in dbservers"),
+    "a renamed variable": (everyone(fastapi_app_db_name="shop"),
+                           r"(app1|db1): fastapi_app_db_name is set, but site.yml no longer reads it. "
+                           r"Set instead: fastpg_db_name\."),
+    "a removed role variable": (db(postgresql_app_client_addresses=["10.0.0.0/8"]),
+                                r"db1: postgresql_app_client_addresses is set, .*Set instead: fastpg_db_client_addresses"),
+    "postgresql_port beside the stack's port": (db(postgresql_port=5433),
+                                                r"db1: postgresql_port is set, .*Set instead: fastpg_db_port "),
+    "stack port out of range": (everyone(fastpg_db_port=0),
+                                r"fastpg_db_port is 0 on (app1|db1); accepted: a TCP port, 1 to 65535"),
+    "database name that is no identifier": (everyone(fastpg_db_name="my-db; drop"),
+                                            r"fastpg_db_name is 'my-db; drop' on (app1|db1); accepted: letters"),
+    "unbounded NullPool": (apps(fastapi_app_pool_class="null"),
+                           r"fastapi_app_pool_class is null on app1: .*no bound"),
+    "hba entry with a method the role does not offer": (
+        db(postgresql_hba_entries=[{"type": "host", "database": "all", "user": "all",
+                                    "address": "10.0.0.0/8", "method": "trust"}]),
+        r"db1: .*method.*(one of|choices).*scram-sha-256"),
+    "user entry without a name": (db(postgresql_users=[{"password": "another-long-secret"}]),
+                                  r"db1: .*missing required arguments: name.*postgresql_users"),
+    "no database hosts at all": (no_dbservers, r"fastpg_db_host is 'db1', which is no dbservers host.*"
                                                r"none: the dbservers group is empty"),
 }
 
@@ -111,7 +130,7 @@ def test_messages_are_distinct():
 
 
 def test_good_inventory_passes_preflight_and_prints_the_budget(run_site):
-    rc, out = run_site(inventory(), playbook="playbooks/preflight.yml")
+    rc, out = run_site(inventory(), playbook="fastpg.stack.preflight")
     assert rc == 0, out
     out = re.sub(r"\s+", " ", out)
     assert re.search(r"app1\s+db1\s+2\s+20\s+30\s+100\s+40", out)
@@ -131,7 +150,7 @@ def test_preflight_is_the_first_play_of_site_yml(run_site):
     first_after = out.index("PLAY [", pre + 1)
     assert "= 213 of postgresql_max_connections 300: ok" in out[pre:first_after]
     assert TOUCHED not in out[:first_after]
-    assert out[first_after:].startswith("PLAY [Prepare | Packages")
+    assert out[first_after:].startswith("PLAY [Install | The app hosts")
     assert TOUCHED in out[first_after:]
 
 
@@ -140,7 +159,7 @@ def test_host_var_beats_group_var_beats_role_default(run_site):
         a["children"]["appservers"]["vars"] = {"fastapi_app_pool_size": 6}  # max_overflow: role default 30
         a["children"]["appservers"]["hosts"]["app2"]["fastapi_app_pool_size"] = 9
 
-    rc, out = run_site(inventory(change), playbook="playbooks/preflight.yml")
+    rc, out = run_site(inventory(change), playbook="fastpg.stack.preflight")
     assert rc == 0, out
     out = re.sub(r"\s+", " ", out)
     assert re.search(r"app1\s+db1\s+2\s+6\s+30\s+72\s+12", out), out

@@ -1,11 +1,16 @@
-"""The budget arithmetic of playbooks/filter_plugins/fastpg_budget.py."""
+"""The budget arithmetic of the collection's filter plugin (plugins/filter/budget.py): the
+installed copy when ANSIBLE_COLLECTIONS_PATH names it (scripts/test.sh), else the checkout's."""
 
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "playbooks" / "filter_plugins"))
+COLLECTIONS = os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(":")[0]
+PLUGINS = (Path(COLLECTIONS) / "ansible_collections" / "fastpg" / "stack" if COLLECTIONS
+           else Path(__file__).resolve().parents[2]) / "plugins" / "filter"
+sys.path.insert(0, str(PLUGINS))
 
-import fastpg_budget as fb  # noqa: E402
+import budget as fb  # noqa: E402
 
 
 def app(host, db_host="db1", workers=2, size=20, over=30, in_db=False):

@@ -13,8 +13,8 @@ def test_example_refuses_its_placeholder_password(run_site):
 
 
 def test_example_budget_summary_once_the_password_is_set(run_site):
-    rc, out = run_site(EXAMPLE, playbook="playbooks/preflight.yml",
-                       extra=["-e", "vault_fastapi_app_db_password=an-example-long-password"])
+    rc, out = run_site(EXAMPLE, playbook="fastpg.stack.preflight",
+                       extra=["-e", "vault_fastpg_db_password=an-example-long-password"])
     assert rc == 0, out
     out = re.sub(r"\s+", " ", out)
     assert re.search(r"app1 db1 2 20 30 100 40", out)

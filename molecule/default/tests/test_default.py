@@ -279,5 +279,5 @@ def test_no_world_readable_file_contains_the_password(host, layout):
 
 def test_password_is_not_in_database_py(host, hostvars):
     content = host.file(f"{APP_DIR}/app/database.py").content_string
-    assert hostvars["fastapi_app_db_password"] not in content
+    assert hostvars["fastpg_db_password"] not in content
     assert "FASTPG_DATABASE_PASSWORD" in content

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[3]
 SITE = str(ROOT / "site.yml")
 DRILLS = "/var/lib/fastpg-drills"
 SHARED_VARS = ROOT / "molecule" / "resources" / "inventory" / "group_vars" / "all.yml"
-PASSWORD = yaml.safe_load(SHARED_VARS.read_text())["fastapi_app_db_password"]
+PASSWORD = yaml.safe_load(SHARED_VARS.read_text())["fastpg_db_password"]
 # A distinctive piece of the password, free of characters that output escaping changes.
 PASSWORD_PIECE = PASSWORD.split(":")[0]
 
