@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, the reference app's tests against a real PostgreSQL, the
+# The whole test suite, against the collection as built and installed (scripts/lib.sh's
+# install_collection): lint, the changelog, the reference app's tests against a real PostgreSQL, the
 # preflight's bad-inventory table, scripts/up.sh on the default inventory, and `molecule test`
 # for the scenarios (one host, multihost, the PGDG path, resilience) on systemd containers.
 # On a fresh machine it first installs what it needs (see scripts/lib.sh).
@@ -59,6 +60,7 @@ stage yamllint yamllint --strict .
 stage ansible-lint ansible-lint --strict
 stage "inventories and syntax" check_syntax
 stage "README variables" python scripts/gen-vars-doc.py --check
+stage "changelog fragments" antsibull-changelog lint
 stage "app pytest" "$APP_VENV/bin/python" -m pytest -c tests/app/pytest.ini tests/app
 stage "preflight tests" python -m pytest -q -p no:cacheprovider tests/preflight
 stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix

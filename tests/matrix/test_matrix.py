@@ -36,7 +36,7 @@ def resolved(tmp_path_factory):
         hosts[name] = {"platform": platform, **extra}
     inventory = out / "hosts.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
                ANSIBLE_LIBRARY=str(HERE / "library"), ANSIBLE_CACHE_PLUGIN="ansible.builtin.memory",
                ANSIBLE_NOCOLOR="1")
     env.pop("ANSIBLE_CALLBACKS_ENABLED", None)

@@ -158,8 +158,24 @@ def test_app_runs_as_app_user_with_configured_workers(host, hostvars):
 
 
 def test_unit_orders_app_after_postgresql(host, layout):
-    after = host.check_output(f"systemctl show -p After --value {SERVICE}")
-    assert f"{layout['service']}.service" in after.split()
+    after = host.check_output(f"systemctl show -p After --value {SERVICE}").split()
+    if layout["family"] == "debian":
+        # Every Debian cluster orders itself before postgresql.service, which the app follows.
+        assert "postgresql.service" in after
+        before = host.check_output(f"systemctl show -p Before --value {layout['service']}").split()
+        assert "postgresql.service" in before
+    else:
+        assert f"{layout['service']}.service" in after
+
+
+def test_server_reports_no_error_in_the_files_it_read(sql):
+    assert sql("SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL") == "0"
+    assert sql("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == "0"
+
+
+def test_no_copy_of_a_replaced_file_is_left_behind(host, layout):
+    left = host.check_output(f"find {layout['conf_dir']} -name '*~'")
+    assert left == "", left
 
 
 def test_unit_exposure_score_is_at_most_2(host):

@@ -14,7 +14,8 @@ import yaml
 testinfra_hosts = ["ansible://fastpg-resilience"]
 
 ROOT = Path(__file__).resolve().parents[3]
-SITE = str(ROOT / "site.yml")
+# The installed collection's playbook (scripts/test.sh), else this checkout's (ansible.cfg).
+SITE = "fastpg.stack.site"
 DRILLS = "/var/lib/fastpg-drills"
 SHARED_VARS = ROOT / "molecule" / "resources" / "inventory" / "group_vars" / "all.yml"
 PASSWORD = yaml.safe_load(SHARED_VARS.read_text())["fastpg_db_password"]
@@ -24,10 +25,12 @@ PASSWORD_PIECE = PASSWORD.split(":")[0]
 
 def playbook(*args, inventory=None):
     exe = Path(sys.executable).parent / "ansible-playbook"
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_NOCOLOR="1")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1")
     eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
     if eph and (Path(eph) / "ansible.cfg").exists():
         env["ANSIBLE_CONFIG"] = str(Path(eph) / "ansible.cfg")
+    if "ANSIBLE_COLLECTIONS_PATH" not in env:
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / "collections")
     env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
     inv = inventory or os.environ["MOLECULE_INVENTORY_FILE"]
     done = subprocess.run([str(exe if exe.exists() else shutil.which("ansible-playbook")), "-i", str(inv),
@@ -198,15 +201,17 @@ def test_re_run_installs_nothing_and_a_lost_virtualenv_is_rebuilt(host):
     rc, out = playbook(*extra)
     assert rc == 0, out[-3000:]
     assert recap(out)["changed"] == 0
-    # The venv is current: none of its steps is even included, pip least of all.
-    assert task_status(out, "Finish the virtualenv") == "skipping"
-    assert "Venv | Install the requirements into the virtualenv" not in out
+    # The venv is current: pip does not run, in the background or in the foreground.
+    assert task_status(out, "Setup | Build a new virtualenv in the background") == "skipping"
+    assert task_status(out, "Deploy | Install the requirements into the virtualenv") == "skipping"
     pid = pg_state(host)["app_pid"]
 
+    # A lost venv has no record of a build: it is rebuilt like a new one, in the background.
     host.check_output("rm -rf /opt/fastapi-app/venv")
     rc, out = playbook(*extra)
     assert rc == 0, out[-3000:]
-    assert task_status(out, "Venv | Install the requirements into the virtualenv") == "changed"
+    assert task_status(out, "Setup | Build a new virtualenv in the background") == "changed"
+    assert task_status(out, "Deploy | Wait for the new virtualenv's background build") == "changed"
     assert host.file("/opt/fastapi-app/venv/fastpg-requirements.txt").exists
     assert pg_state(host)["app_pid"] != pid
     assert host.run("python3 -c %s", "import urllib.request;urllib.request.urlopen("
@@ -249,3 +254,66 @@ def test_own_app_source_is_deployed_exactly_and_by_content(host, tmp_path):
     assert pg_state(host)["app_pid"] != pid
     assert host.run("python3 -c %s", "import urllib.request;urllib.request.urlopen("
                     "'http://127.0.0.1:8000/health')").rc == 0
+
+
+# --- A configuration the server would refuse ----------------------------------------------
+
+LIVE_FILES = "/etc/postgresql/17/main/conf.d/50-fastpg.conf /etc/postgresql/17/main/pg_hba.conf"
+BAD_HBA = [{"type": "host", "database": "all", "user": "fastpg", "address": "10.0.0.300/32",
+            "method": "scram-sha-256"}]
+REFUSED = {
+    "unknown setting name": ({"postgresql_settings": dict(LAST_VARS["postgresql_settings"], shared_bufers="256MB")},
+                             r'unrecognized configuration parameter "shared_bufers"'),
+    "invalid value": ({"postgresql_settings": dict(LAST_VARS["postgresql_settings"], shared_buffers="lots")},
+                      r'invalid value for parameter "shared_buffers": "lots"'),
+    "value out of range": ({"postgresql_settings": dict(LAST_VARS["postgresql_settings"], max_connections=99999999)},
+                           r'99999999 is outside the valid range for parameter "max_connections"'),
+    "malformed hba address": ({"postgresql_hba_entries": BAD_HBA},
+                              r"refuses the new pg_hba.conf .* line \d+ \(host +all +fastpg +10\.0\.0\.300/32"),
+}
+
+
+def live(host):
+    return {"files": host.check_output(f"md5sum {LIVE_FILES}"), "copies": host.check_output(
+        "find /etc/postgresql/17/main -name '*~'"), **pg_state(host)}
+
+
+def restart_succeeds(host):
+    return host.run("systemctl restart postgresql@17-main").rc == 0 and host.run(
+        "runuser -u postgres -- pg_isready -q").rc == 0
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_configuration_never_goes_live(host, case):
+    change, reason = REFUSED[case]
+    before = live(host)
+    rc, out = playbook("-e", json.dumps(dict(LAST_VARS, **change)), "--limit", "fastpg-resilience")
+    flat = re.sub(r"\s+", " ", out)
+    print(f"{case}: {re.search(r'msg: (.{0,400})', flat)[1] if 'msg: ' in flat else flat[-400:]}")
+    assert rc != 0
+    assert re.search(reason, flat), flat[-3000:]
+    after = live(host)
+    # Byte for byte the files it had, no copy left behind, never restarted, no row lost.
+    assert after == before
+    assert restart_succeeds(host)
+
+
+def test_a_value_that_stops_the_server_is_rolled_back(host):
+    before = live(host)
+    settings = dict(LAST_VARS["postgresql_settings"], huge_pages="on")
+    rc, out = playbook("-e", json.dumps(dict(LAST_VARS, postgresql_settings=settings)), "--limit", "fastpg-resilience")
+    flat = re.sub(r"\s+", " ", out)
+    down = re.search(r"it was down for about ([0-9.]+) s", flat)
+    print(f"huge_pages: on: {flat[flat.find('did not take'):][:600]}")
+    assert rc != 0
+    assert "did not take the new configuration (Service | Restart for the settings that need it" in flat
+    assert down and float(down[1]) < 30
+    assert "FATAL" in flat.split("Its journal:", 1)[1]
+    after = live(host)
+    assert after["files"] == before["files"] and after["copies"] == ""
+    assert after["users"] == before["users"] and after["system_identifier"] == before["system_identifier"]
+    assert sql(host, "SHOW huge_pages") == "try"
+    assert restart_succeeds(host)
+    # The next run on the good configuration changes nothing.
+    rc, out = playbook("-e", json.dumps(LAST_VARS), "--limit", "fastpg-resilience")
+    assert rc == 0 and recap(out)["changed"] == 0, out[-3000:]
