@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""fastpg benchmarks, side by side in one run on one machine (see bench/README.md).
+"""fastpg benchmarks, side by side in one run on one machine (the README's "Benchmarks").
 
-1. fresh converge of the stack on a Debian 13 container vs the tutorial's shell script on an
+0. preflight alone (controller only, no host contacted) over inventories of 10, 100 and
+   1,000 app hosts (`bench/bench.py preflight` runs only this); 1. fresh converge of the stack on a Debian 13 container vs the tutorial's shell script on an
    identical one; 2. the idempotent re-run (time, changed count) vs the script's re-run;
 3. one database host with three app hosts vs one host alone; 4. load inside the container
 over loopback (ab): the tutorial's load and a heavier one, against the deployed QueuePool
@@ -168,6 +169,40 @@ def multihost(tmp, single_s):
     return {"multi_4_hosts_s": took, "single_host_s": single_s, "multi_ratio": round(took / single_s, 2)}
 
 
+PREFLIGHT_SIZES = [10, 100, 1000]
+
+
+def preflight_scale(tmp):
+    """Seconds for fastpg.stack.preflight over N app hosts and one database host.
+
+    The hosts are unreachable containers (a docker connection to names that do not exist):
+    preflight must pass without touching any of them, so the time is the controller's alone.
+    """
+    results = {}
+    for n in PREFLIGHT_SIZES:
+        apps = {f"app{i:04d}": {"ansible_host": f"fastpg-absent-app{i:04d}"} for i in range(n)}
+        inv = Path(tmp) / f"preflight-{n}.yml"
+        inv.write_text(yaml.safe_dump({"all": {
+            "vars": {"ansible_connection": "community.docker.docker", "fastpg_db_host": "db1",
+                     "fastpg_db_password": "a-long-enough-bench-secret"},
+            "children": {
+                "dbservers": {"hosts": {"db1": {"ansible_host": "fastpg-absent-db1",
+                                                "postgresql_max_connections": 2 * n + 100}}},
+                "appservers": {"vars": {"fastapi_app_workers": 1, "fastapi_app_pool_size": 1,
+                                        "fastapi_app_max_overflow": 1}, "hosts": apps}}}}))
+        env = dict(os.environ, ANSIBLE_CACHE_PLUGIN="ansible.builtin.memory")
+        env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
+        start = time.monotonic()
+        done = sh(str(VENV_BIN / "ansible-playbook"), "-i", str(inv), "fastpg.stack.preflight",
+                  env=env, cwd=ROOT, check=False)
+        seconds = round(time.monotonic() - start, 1)
+        if done.returncode or "No such container" in done.stdout:
+            raise RuntimeError(f"preflight over {n} app hosts failed:\n{done.stdout[-3000:]}")
+        results[n] = seconds
+        log(f"preflight over {n} app hosts + 1 database host: {seconds} s")
+    return results
+
+
 def percentile(values, q):
     values = sorted(values)
     return round(values[min(len(values) - 1, int(q / 100 * len(values)))], 1)
@@ -278,6 +313,11 @@ def markdown(data):
             r = lo[load_name][c]
             lines.append(f"| {total} req, {conc} concurrent | {c} | {r['requests_per_s']} | {r['p50_ms']} | "
                          f"{r['p95_ms']} | {r['p99_ms']} | {r['failed']} |")
+    pre = data["preflight_s"]
+    lines += ["", "| preflight (controller only) | " + " | ".join(f"{n} app hosts" for n in pre) + " | target |",
+              "|---|" + "---|" * len(pre) + "---|",
+              "| seconds | " + " | ".join(f"{s} s" for s in pre.values())
+              + f" | 1,000 hosts ≤ 30 s {t['preflight']} |"]
     lines += ["", f"Pooled vs NullPool requests/s (heavy): {t['pooled_ratio']} (target ≥ 3 {t['pooled']}); "
               f"failed requests: {t['failures']} (target 0 {t['no_failures']})"]
     return "\n".join(lines) + "\n"
@@ -285,8 +325,14 @@ def markdown(data):
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    if sys.argv[1:] == ["preflight"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            figures = preflight_scale(tmp)
+        print(" | ".join(f"{n} app hosts: {s} s" for n, s in figures.items()))
+        return 0
     global SSH_KEY
     with tempfile.TemporaryDirectory() as tmp:
+        pre = preflight_scale(tmp)
         SSH_KEY = Path(tmp) / "id_ed25519"
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fastpg-bench", "-f", str(SSH_KEY))
         try:
@@ -304,10 +350,11 @@ def main():
     data = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB",
-        "provisioning": prov, "multihost": multi, "load": lo,
+        "preflight_s": pre, "provisioning": prov, "multihost": multi, "load": lo,
         "targets": {"converge": ok(prov["converge_ratio"] <= 1.5),
                     "rerun": ok(prov["rerun_ratio"] <= 2 and prov["fastpg_rerun_changed"] == 0),
                     "pooled_ratio": pooled_ratio, "pooled": ok(pooled_ratio >= 3),
+                    "preflight": ok(pre[max(pre)] <= 30),
                     "failures": failures, "no_failures": ok(failures == 0)},
     }
     charts(lo)

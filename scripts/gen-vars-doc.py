@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render the README's variable tables from the roles' argument specs.
+"""Render the README's variable tables from the stack's and the roles' argument specs.
 
     scripts/gen-vars-doc.py           rewrite README.md between the VARIABLES markers
     scripts/gen-vars-doc.py --check   exit 1 when README.md is out of date
@@ -33,27 +33,43 @@ def show_default(name, spec, defaults) -> str:
     return "`" + cell(shown) + "`"
 
 
+def rows(options, defaults, prefix=""):
+    """One row per option; a list of dicts adds a row per entry option (name[].option)."""
+    out = []
+    for var, opt in options.items():
+        desc = opt.get("description", "")
+        out.append({
+            "name": prefix + var,
+            "type": opt.get("type", "str") + (f" of {opt['elements']}" if opt.get("elements") else ""),
+            "choices": opt.get("choices"),
+            "default": show_default(var, opt, defaults if not prefix else {}),
+            "description": cell(" ".join(desc) if isinstance(desc, list) else desc),
+        })
+        if opt.get("options"):
+            out += rows(opt["options"], {}, prefix + var + ("[]." if opt.get("type") == "list" else "."))
+    return out
+
+
 def load_role(name):
     base = ROOT / "roles" / name
     spec = yaml.safe_load((base / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]
     defaults = yaml.safe_load((base / "defaults" / "main.yml").read_text()) or {}
-    options = []
-    for var, opt in spec["options"].items():
-        desc = opt.get("description", "")
-        options.append({
-            "name": var,
-            "type": opt.get("type", "str"),
-            "choices": opt.get("choices"),
-            "default": show_default(var, opt, defaults),
-            "description": cell(" ".join(desc) if isinstance(desc, list) else desc),
-        })
-    return {"name": name, "short_description": spec.get("short_description", ""), "options": options}
+    return {"title": f"Role `{name}`", "short_description": spec.get("short_description", ""),
+            "options": rows(spec["options"], defaults)}
+
+
+def load_stack():
+    spec = yaml.safe_load((ROOT / "playbooks" / "vars" / "stack_spec.yml").read_text())
+    return {"title": "The stack (`playbooks/vars/stack_spec.yml`)",
+            "short_description": "Mapped onto both roles by `playbooks/vars/stack.yml`; checked by preflight.",
+            "options": rows(spec["options"], {}),
+            "renamed": spec["renamed"]}
 
 
 def render() -> str:
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     template = env.from_string((ROOT / "templates" / "variables.md.j2").read_text())
-    return template.render(roles=[load_role(r) for r in ROLES]).strip() + "\n"
+    return template.render(roles=[load_stack()] + [load_role(r) for r in ROLES]).strip() + "\n"
 
 
 def main() -> int:

@@ -70,7 +70,8 @@ install_collection() {
   rm -rf "$dest"
   mkdir -p "$dest/build" "$dest/installed"
   "$VENV/bin/ansible-galaxy" collection build --output-path "$dest/build" "$FASTPG_ROOT" >/dev/null
-  "$VENV/bin/ansible-galaxy" collection install --offline --no-deps -p "$dest/installed" \
+  ANSIBLE_COLLECTIONS_PATH="$dest/installed" \
+    "$VENV/bin/ansible-galaxy" collection install --offline --no-deps --force -p "$dest/installed" \
     "$dest"/build/fastpg-stack-*.tar.gz >/dev/null
   export ANSIBLE_COLLECTIONS_PATH="$dest/installed"
   echo "installed $(basename "$dest"/build/fastpg-stack-*.tar.gz) into $ANSIBLE_COLLECTIONS_PATH"
