@@ -82,6 +82,33 @@ build_image() {
   bash "$FASTPG_ROOT/molecule/resources/build-image.sh" "$FASTPG_IMAGE"
 }
 
+# For the scenarios that are not about installing: the image with every tier's packages, and
+# a wheelhouse with the app's wheels for the image's Python, mounted into their containers
+# (pip installs from it with --no-index). Both are made once and kept.
+FASTPG_BAKED_IMAGE=${FASTPG_BAKED_IMAGE:-fastpg/debian:trixie-baked}
+export FASTPG_BAKED_IMAGE
+build_baked_image() {
+  log "package-baked image $FASTPG_BAKED_IMAGE"
+  bash "$FASTPG_ROOT/molecule/resources/bake-image.sh" "$FASTPG_IMAGE" "$FASTPG_BAKED_IMAGE"
+}
+
+build_wheelhouse() {
+  local dir="$FASTPG_ROOT/.cache/wheelhouse" reqs want pyver
+  reqs=("$FASTPG_ROOT/roles/fastapi_app/files/requirements-base.txt"
+        "$FASTPG_ROOT/roles/fastapi_app/files/reference_app/requirements.txt")
+  pyver=$(docker run --rm "$FASTPG_IMAGE" python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')
+  want=$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)-$pyver
+  if [ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$want" ]; then return 0; fi
+  log "wheelhouse for Python $pyver (.cache/wheelhouse)"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  "$VENV/bin/pip" download -q --only-binary=:all: --implementation cp --python-version "$pyver" \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform any \
+    -d "$dir" -r "${reqs[0]}" -r "${reqs[1]}"
+  echo "$want" >"$dir/.stamp"
+}
+
 # The local target: a systemd container from the test image, port 8000 published on
 # 127.0.0.1:$2. Started if stopped, created if absent; returns once systemd has booted.
 local_container() {

@@ -13,6 +13,8 @@ install_host_packages with-postgresql
 start_docker
 make_venv
 build_image
+build_baked_image
+build_wheelhouse
 
 APP_VENV="$FASTPG_ROOT/.venv-app"
 stamp="$APP_VENV/.requirements.sha256"

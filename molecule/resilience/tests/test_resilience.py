@@ -191,7 +191,8 @@ LAST_VARS = {"postgresql_settings": dict(SETTINGS, work_mem="3MB", shared_buffer
 
 def task_status(out, task):
     """What the default callback printed for a task: ok, changed, skipping or failed."""
-    m = re.search(rf"^TASK \[[^\]]*{re.escape(task)}\][^\n]*\n+(\w+)", out, re.M)
+    # A task polled with until/retries prints "FAILED - RETRYING" lines before its status.
+    m = re.search(rf"^TASK \[[^\]]*{re.escape(task)}\][^\n]*\n+(?:FAILED - RETRYING:[^\n]*\n+)*(\w+)", out, re.M)
     assert m, f"task {task!r} not in the output"
     return m[1]
 
