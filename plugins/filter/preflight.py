@@ -26,8 +26,9 @@ STACK_RANGES = [
     ("fastpg_db_port", 1, 65535, None, "a TCP port, 1 to 65535"),
 ]
 PLACEHOLDER = re.compile(r"CHANGE_?ME", re.IGNORECASE)
-# A database, role or user name the stack writes into pg_hba.conf and SQL: plain identifiers.
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# A database or role name the stack writes into pg_hba.conf, SQL and a URL: no spaces, quotes,
+# commas or semicolons (pg_hba.conf would read a comma as a list, a space as the next field).
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 
 
 def _get(hv, key, default=None):
@@ -111,8 +112,8 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
         for key in ("fastpg_db_name", "fastpg_db_user"):
             value = _get(hv, key, "fastpg")
             if isinstance(value, str) and not IDENTIFIER.match(value):
-                errors.append(f"{key} is {value!r} on {host}; accepted: letters, digits and _, "
-                              f"not starting with a digit, at most 63 characters.")
+                errors.append(f"{key} is {value!r} on {host}; accepted: letters, digits, _, $ and -, "
+                              f"not starting with a digit or -, at most 63 characters.")
         password = _get(hv, "fastpg_db_password")
         if password is not None:
             password = str(password)

@@ -274,6 +274,12 @@ REFUSED = {
 }
 
 
+def last_failure(flat):
+    """The message of the run's last failed task."""
+    tail = flat[flat.rfind("fatal: ["):]
+    return tail[tail.find("msg:"):][:700]
+
+
 def live(host):
     return {"files": host.check_output(f"md5sum {LIVE_FILES}"), "copies": host.check_output(
         "find /etc/postgresql/17/main -name '*~'"), **pg_state(host)}
@@ -290,7 +296,7 @@ def test_refused_configuration_never_goes_live(host, case):
     before = live(host)
     rc, out = playbook("-e", json.dumps(dict(LAST_VARS, **change)), "--limit", "fastpg-resilience")
     flat = re.sub(r"\s+", " ", out)
-    print(f"{case}: {re.search(r'msg: (.{0,400})', flat)[1] if 'msg: ' in flat else flat[-400:]}")
+    print(f"\n{case}: {last_failure(flat)}")
     assert rc != 0
     assert re.search(reason, flat), flat[-3000:]
     after = live(host)
@@ -305,7 +311,7 @@ def test_a_value_that_stops_the_server_is_rolled_back(host):
     rc, out = playbook("-e", json.dumps(dict(LAST_VARS, postgresql_settings=settings)), "--limit", "fastpg-resilience")
     flat = re.sub(r"\s+", " ", out)
     down = re.search(r"it was down for about ([0-9.]+) s", flat)
-    print(f"huge_pages: on: {flat[flat.find('did not take'):][:600]}")
+    print(f"\nhuge_pages: on: {last_failure(flat)}")
     assert rc != 0
     assert "did not take the new configuration (Service | Restart for the settings that need it" in flat
     assert down and float(down[1]) < 30
