@@ -1,11 +1,14 @@
 """What the drills measured, the secrets, check mode, and how changes are applied."""
 
+import http.client
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -274,6 +277,55 @@ REFUSED = {
 }
 
 
+class SteadyLoad:
+    """Keep-alive clients on the controller, looping over GET /users/?limit=1 (a database query)
+    against the container's address until stopped: every non-2xx answer and every connection
+    error counts as failed. Bounded: it stops by itself after `limit_s`."""
+
+    def __init__(self, host, clients=4, limit_s=600):
+        address = json.loads(subprocess.run(
+            ["docker", "inspect", host.backend.host], capture_output=True, text=True, check=True).stdout)
+        self.address = address[0]["NetworkSettings"]["IPAddress"]
+        self.clients, self.limit_s = clients, limit_s
+        self.ok = self.failed = 0
+        self.last_failure = None
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def client(self):
+        conn, deadline = None, time.monotonic() + self.limit_s
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn = conn or http.client.HTTPConnection(self.address, 8000, timeout=5)
+                conn.request("GET", "/users/?limit=1")
+                resp = conn.getresponse()
+                resp.read()
+                good = 200 <= resp.status < 300
+            except (OSError, http.client.HTTPException):
+                good, conn = False, None
+            with self.lock:
+                if good:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+                    self.last_failure = time.monotonic()
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(self.clients)]
+        for t in self.threads:
+            t.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1)
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        self.ended = time.monotonic()
+
+
 def last_failure(flat):
     """The message of the run's last failed task."""
     tail = flat[flat.rfind("fatal: ["):]
@@ -294,9 +346,12 @@ def restart_succeeds(host):
 def test_refused_configuration_never_goes_live(host, case):
     change, reason = REFUSED[case]
     before = live(host)
-    rc, out = playbook("-e", json.dumps(dict(LAST_VARS, **change)), "--limit", "fastpg-resilience")
+    with SteadyLoad(host) as load:
+        rc, out = playbook("-e", json.dumps(dict(LAST_VARS, **change)), "--limit", "fastpg-resilience")
     flat = re.sub(r"\s+", " ", out)
     print(f"\n{case}: {last_failure(flat)}")
+    print(f"{case}: requests from the controller during the run: {load.ok} ok, {load.failed} failed")
+    assert load.ok > 0 and load.failed == 0
     assert rc != 0
     assert re.search(reason, flat), flat[-3000:]
     after = live(host)
@@ -308,10 +363,18 @@ def test_refused_configuration_never_goes_live(host, case):
 def test_a_value_that_stops_the_server_is_rolled_back(host):
     before = live(host)
     settings = dict(LAST_VARS["postgresql_settings"], huge_pages="on")
-    rc, out = playbook("-e", json.dumps(dict(LAST_VARS, postgresql_settings=settings)), "--limit", "fastpg-resilience")
+    with SteadyLoad(host) as load:
+        rc, out = playbook("-e", json.dumps(dict(LAST_VARS, postgresql_settings=settings)),
+                           "--limit", "fastpg-resilience")
+        recovered_at = time.monotonic()
+        time.sleep(3)  # served again after the rollback, on the pool's pre-ping
     flat = re.sub(r"\s+", " ", out)
     down = re.search(r"it was down for about ([0-9.]+) s", flat)
     print(f"\nhuge_pages: on: {last_failure(flat)}")
+    print(f"huge_pages: on: requests from the controller during the run: {load.ok} ok, {load.failed} failed "
+          f"(all while the server was down)")
+    # Requests fail only while the server is down, and none once the run has put it back.
+    assert load.failed > 0 and (load.last_failure or 0) <= recovered_at
     assert rc != 0
     assert "did not take the new configuration (Service | Restart for the settings that need it" in flat
     assert down and float(down[1]) < 30
