@@ -9,23 +9,36 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$FASTPG_ROOT"
 
-install_host_packages with-postgresql
-start_docker
-make_venv
-build_image
-build_baked_image
-build_wheelhouse
+# What a fresh machine lacks, each step timed (a step whose result is there takes 0 s).
+# A failing step stops the run (set -e).
+total_start=$SECONDS
+timed() {
+  local name=$1 start=$SECONDS
+  shift
+  "$@"
+  echo "--- $name: done ($((SECONDS - start)) s)"
+}
+
+make_app_venv() {
+  local stamp="$APP_VENV/.requirements.sha256" want
+  want=$(cat requirements-app-test.txt roles/fastapi_app/files/requirements-base.txt \
+    roles/fastapi_app/files/reference_app/requirements.txt | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "building the app test venv (.venv-app)"
+    python3 -m venv "$APP_VENV"
+    "$APP_VENV/bin/pip" install -q -r requirements-app-test.txt
+    echo "$want" >"$stamp"
+  fi
+}
 
 APP_VENV="$FASTPG_ROOT/.venv-app"
-stamp="$APP_VENV/.requirements.sha256"
-want=$(cat requirements-app-test.txt roles/fastapi_app/files/requirements-base.txt \
-  roles/fastapi_app/files/reference_app/requirements.txt | sha256sum | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  log "building the app test venv (.venv-app)"
-  python3 -m venv "$APP_VENV"
-  "$APP_VENV/bin/pip" install -q -r requirements-app-test.txt
-  echo "$want" >"$stamp"
-fi
+timed "host packages" install_host_packages with-postgresql
+timed "dockerd" start_docker
+timed "tool venv" make_venv
+timed "base image" build_image
+timed "package-baked image" build_baked_image
+timed "wheelhouse" build_wheelhouse
+timed "app test venv" make_app_venv
 
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
@@ -34,9 +47,7 @@ export NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
 export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.timer
 
 # Before anything needs it: every test below uses the installed collection, not the checkout.
-start=$SECONDS
-install_collection
-echo "--- collection build and install: ok ($((SECONDS - start)) s)"
+timed "collection build and install" install_collection
 
 passed=0 failed=0 failures=()
 stage() {
@@ -84,5 +95,6 @@ done
 
 log "summary"
 [ ${#failures[@]} -eq 0 ] || echo "failed stages: ${failures[*]}"
+echo "total: $((SECONDS - total_start)) s"
 echo "stages: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
