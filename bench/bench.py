@@ -239,11 +239,11 @@ def load():
     dexec(name, "sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apache2-utils >/dev/null")
     sh("docker", "cp", str(ROOT / "bench/raw_app.py"), f"{name}:/opt/fastapi-app/raw_app.py")
     dexec(name, "chmod", "0644", "/opt/fastapi-app/raw_app.py")
-    common = ["systemd-run", "--collect", "-p", "User=fastapi", "-p", "EnvironmentFile=/opt/fastapi-app/app.env"]
-    uv = "/opt/fastapi-app/venv/bin/uvicorn"
+    common = ["systemd-run", "--collect", "-p", "User=fastapi", "-p", "EnvironmentFile=/opt/fastapi-app/current/app.env"]
+    uv = "/opt/fastapi-app/current/venv/bin/uvicorn"
     flags = ["--workers", "2", "--loop", "uvloop", "--http", "httptools", "--no-server-header"]
     dexec(name, *common, "--unit=bench-null", "--setenv=FASTPG_POOL_CLASS=null",
-          "-p", "WorkingDirectory=/opt/fastapi-app/app", uv, "main:app", "--host", "127.0.0.1", "--port", "8001", *flags)
+          "-p", "WorkingDirectory=/opt/fastapi-app/current/app", uv, "main:app", "--host", "127.0.0.1", "--port", "8001", *flags)
     dexec(name, *common, "--unit=bench-raw", "-p", "WorkingDirectory=/opt/fastapi-app",
           uv, "raw_app:app", "--host", "127.0.0.1", "--port", "8002", *flags)
     dexec(name, "python3", "-c", """

@@ -95,7 +95,8 @@ build_baked_image() {
 build_wheelhouse() {
   local dir="$FASTPG_ROOT/.cache/wheelhouse" reqs want pyver
   reqs=("$FASTPG_ROOT/roles/fastapi_app/files/requirements-base.txt"
-        "$FASTPG_ROOT/roles/fastapi_app/files/reference_app/requirements.txt")
+        "$FASTPG_ROOT/roles/fastapi_app/files/reference_app/requirements.txt"
+        "$FASTPG_ROOT/tests/apps/requirements-wheelhouse.txt")
   pyver=$(docker run --rm "$FASTPG_IMAGE" python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')
   want=$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)-$pyver
   if [ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$want" ]; then return 0; fi
@@ -105,7 +106,7 @@ build_wheelhouse() {
   "$VENV/bin/pip" download -q --only-binary=:all: --implementation cp --python-version "$pyver" \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform any \
-    -d "$dir" -r "${reqs[0]}" -r "${reqs[1]}"
+    -d "$dir" -r "${reqs[0]}" -r "${reqs[1]}" -r "${reqs[2]}"
   echo "$want" >"$dir/.stamp"
 }
 

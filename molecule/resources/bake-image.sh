@@ -25,6 +25,8 @@ packages=(
   # The tiers the stack grows into.
   pgbouncer pgbackrest patroni etcd-server haproxy
   prometheus prometheus-node-exporter prometheus-postgres-exporter prometheus-pgbouncer-exporter
+  # Deploys over SSH by a user whose sudo asks for a password (resilience).
+  openssh-server
 )
 
 name=fastpg-bake-$$
@@ -40,7 +42,7 @@ docker run --name "$name" "$base" bash -ec '
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
   # Installed, not running: each tier enables the services it configures.
   for unit in pgbouncer patroni etcd haproxy prometheus prometheus-node-exporter \
-              prometheus-postgres-exporter prometheus-pgbouncer-exporter; do
+              prometheus-postgres-exporter prometheus-pgbouncer-exporter ssh; do
     systemctl --root=/ disable "$unit.service" >/dev/null 2>&1 || true
   done
   rm -f /usr/sbin/policy-rc.d /etc/postgresql-common/createcluster.d/00-bake.conf

@@ -5,9 +5,13 @@ the number of hosts and not with hosts x tasks (1,000 app hosts check in seconds
 """
 
 import re
+from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.fastpg.stack.plugins.filter.requirements import app_requirements
+
+BASE_REQUIREMENTS = Path(__file__).resolve().parents[2] / "roles" / "fastapi_app" / "files" / "requirements-base.txt"
 
 # Ranges the argument specs cannot express: (variable, minimum, maximum, also accepted, accepted).
 APP_RANGES = [
@@ -29,6 +33,9 @@ PLACEHOLDER = re.compile(r"CHANGE_?ME", re.IGNORECASE)
 # A database or role name the stack writes into pg_hba.conf, SQL and a URL: no spaces, quotes,
 # commas or semicolons (pg_hba.conf would read a comma as a list, a space as the next field).
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_DICTS = ("fastapi_app_environment", "fastapi_app_secret_environment")
+DATABASE_PARTS = ("host", "port", "name", "user", "password")
 
 
 def _get(hv, key, default=None):
@@ -75,6 +82,77 @@ def _ranges(host, hv, ranges, defaults):
     return errors
 
 
+def _environment(host, hv):
+    """The app's environment variables: names systemd and a shell accept, values on one line."""
+    errors = []
+    names = {}
+    for key in ENV_DICTS:
+        values = _get(hv, key, {})
+        if not isinstance(values, dict):
+            continue  # the argument spec reports the type
+        for name, value in values.items():
+            names.setdefault(name, []).append(key)
+            if not ENV_NAME.match(str(name)):
+                errors.append(f"{key} on {host} has the name {name!r}; accepted: letters, digits and _, "
+                              f"not starting with a digit.")
+            if value is None or isinstance(value, (dict, list)) or "\n" in str(value):
+                shown = "a value" if key == "fastapi_app_secret_environment" else repr(value)
+                errors.append(f"{key} on {host} gives {name} {shown} that is not one line of text; accepted: "
+                              f"a string, number or boolean without line breaks.")
+    parts = _get(hv, "fastapi_app_database_env", {})
+    if isinstance(parts, dict):
+        for part, name in parts.items():
+            if part not in DATABASE_PARTS:
+                errors.append(f"fastapi_app_database_env on {host} has the key {part!r}; accepted: "
+                              f"{', '.join(DATABASE_PARTS)}.")
+            if not ENV_NAME.match(str(name)):
+                errors.append(f"fastapi_app_database_env on {host} names {part} {name!r}; accepted: letters, "
+                              f"digits and _, not starting with a digit.")
+            names.setdefault(name, []).append("fastapi_app_database_env")
+    url = _get(hv, "fastapi_app_database_url_env", "DATABASE_URL")
+    if url:
+        if not ENV_NAME.match(str(url)):
+            errors.append(f"fastapi_app_database_url_env is {url!r} on {host}; accepted: letters, digits and _, "
+                          f"not starting with a digit, or empty for none.")
+        names.setdefault(url, []).append("fastapi_app_database_url_env")
+    for name, keys in sorted(names.items()):
+        if len(keys) > 1 or str(name).startswith("FASTPG_"):
+            errors.append(f"{name} is set by {' and '.join(keys) if len(keys) > 1 else keys[0]} on {host}; each "
+                          f"environment variable may come from one place, and FASTPG_* belong to database.py.")
+    return errors
+
+
+def _app_source(host, hv, seen):
+    """An app of the user's own: its root exists on the controller and its requirements can be
+    merged (uvicorn new enough, pip options supported). Each distinct app is read once."""
+    if "fastapi_app_source" not in hv:
+        return []  # the bundled reference app
+    source = str(_get(hv, "fastapi_app_source"))
+    subdir = str(_get(hv, "fastapi_app_source_subdir", "") or "").strip("/")
+    name = str(_get(hv, "fastapi_app_requirements_file", "") or "")
+    extras = tuple(_get(hv, "fastapi_app_pyproject_extras", []) or [])
+    extra = tuple(_get(hv, "fastapi_app_requirements", []) or [])
+    key = (source, subdir, name, extras, extra)
+    if key not in seen:
+        root = Path(source, subdir) if subdir else Path(source)
+        if not root.is_dir():
+            seen[key] = [f"fastapi_app_source{' and fastapi_app_source_subdir' if subdir else ''} on {{host}}: "
+                         f"{root} is not a directory on the controller; accepted: the directory holding the app."]
+        else:
+            if not name:
+                name = next((n for n in ("requirements.txt", "pyproject.toml") if (root / n).is_file()), "")
+            fmt = "" if not name else "pyproject.toml" if name.endswith("pyproject.toml") else "requirements.txt"
+            try:
+                if name and not (root / name).is_file():
+                    raise AnsibleFilterError(f"fastapi_app_requirements_file is {name!r}, which is not in {root}.")
+                app_requirements(BASE_REQUIREMENTS.read_text(), (root / name).read_text() if name else "", fmt,
+                                 list(extra), list(extras), f"{subdir + '/' if subdir else ''}{name}")
+                seen[key] = []
+            except AnsibleFilterError as exc:
+                seen[key] = [f"{{host}}: {exc.message}"]
+    return [message.format(host=host) for message in seen[key]]
+
+
 def preflight(hosts, hostvars, groups, specs, defaults, stack):
     """Every error of the hosts in this run, as messages that name the host, variable and fix.
 
@@ -86,6 +164,7 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
     # The stack sets these role inputs itself (and refuses them from the inventory above).
     specs = {tier: {k: v for k, v in options.items() if k not in stack["renamed"]} for tier, options in specs.items()}
     errors = []
+    sources = {}
     for host in hosts:
         is_app, is_db = host in apps, host in dbs
         if not (is_app or is_db):
@@ -105,6 +184,8 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
                     f"(a pool of fastapi_app_pool_size + fastapi_app_max_overflow per worker); null only "
                     f"behind a pooler that bounds the connections, which this stack does not deploy yet."
                 )
+            errors += _environment(host, hv)
+            errors += _app_source(host, hv, sources)
         if is_db:
             errors += _validate(host, specs["db"], hv)
             errors += _ranges(host, hv, DB_RANGES, defaults["db"])

@@ -1,6 +1,7 @@
 """The bad-inventory table: each one fails in preflight, with its own message, touching no host."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,8 @@ def no_dbservers(a):
     a["children"]["dbservers"]["hosts"] = {}
     a["children"]["dbservers"]["hosts"] = None
 
+
+OLD_UVICORN = str(Path(__file__).resolve().parent / "apps" / "old-uvicorn")
 
 CASES = {
     "negative pool_size": (apps(fastapi_app_pool_size=-1),
@@ -108,6 +111,25 @@ CASES = {
         r"db1: .*method.*(one of|choices).*scram-sha-256"),
     "user entry without a name": (db(postgresql_users=[{"password": "another-long-secret"}]),
                                   r"db1: .*missing required arguments: name.*postgresql_users"),
+    "an app that pins a uvicorn too old for zero-downtime restarts": (
+        apps(fastapi_app_source=OLD_UVICORN),
+        r"app1: requirements.txt pins 'uvicorn==0.20.0': fastpg's zero-downtime restarts need uvicorn 0.22.0"),
+    "an app source that is not there": (apps(fastapi_app_source="/nonexistent/app"),
+                                        r"fastapi_app_source on app1: /nonexistent/app is not a directory"),
+    "an environment variable name a shell refuses": (
+        apps(fastapi_app_environment={"APP-MODE": "x"}),
+        r"fastapi_app_environment on app1 has the name 'APP-MODE'; accepted: letters, digits and _"),
+    "a secret with a line break": (
+        apps(fastapi_app_secret_environment={"TOKEN": "line1\nline2"}),
+        r"fastapi_app_secret_environment on app1 gives TOKEN a value that is not one line"),
+    "a variable set from two places": (
+        apps(fastapi_app_environment={"DATABASE_URL": "sqlite://"}),
+        r"DATABASE_URL is set by fastapi_app_environment and fastapi_app_database_url_env on app1"),
+    "an unknown database part": (apps(fastapi_app_database_env={"hostname": "DB_HOST"}),
+                                 r"fastapi_app_database_env on app1 has the key 'hostname'; accepted: host, port"),
+    "the removed fastapi_app_migrate": (apps(fastapi_app_migrate=False),
+                                        r"fastapi_app_migrate is set, but site.yml no longer reads it. "
+                                        r"Set instead: fastapi_app_pre_start"),
     "no database hosts at all": (no_dbservers, r"fastpg_db_host is 'db1', which is no dbservers host.*"
                                                r"none: the dbservers group is empty"),
 }

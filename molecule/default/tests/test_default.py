@@ -6,7 +6,7 @@ import re
 import pytest
 
 APP_DIR = "/opt/fastapi-app"
-ENV_FILE = f"{APP_DIR}/app.env"
+ENV_FILE = f"{APP_DIR}/current/app.env"
 SERVICE = "fastapi-app"
 
 def psql_as_app(host, sql, password_expr="$FASTPG_DATABASE_PASSWORD"):
@@ -147,6 +147,22 @@ def test_app_service_running_and_enabled(host):
     assert svc.is_enabled
 
 
+def test_the_port_belongs_to_the_socket_unit(host, hostvars):
+    sock = host.service(f"{SERVICE}.socket")
+    assert sock.is_running and sock.is_enabled
+    listen = host.check_output(f"systemctl show -P Listen {SERVICE}.socket")
+    address = hostvars.get('fastapi_app_bind_address', '127.0.0.1')
+    assert listen.startswith(f"{address}:{hostvars.get('fastapi_app_port', 8000)} ")
+
+
+def test_the_app_serves_from_a_release_named_by_its_content(host):
+    assert re.fullmatch(r"releases/[0-9a-f]{12}", host.check_output(f"readlink {APP_DIR}/current"))
+    venv = host.check_output(f"readlink {APP_DIR}/current/venv")
+    assert re.fullmatch(rf"{APP_DIR}/venvs/[0-9a-f]{{12}}", venv)
+    cwd = host.check_output(f"readlink /proc/$(systemctl show -P MainPID {SERVICE})/cwd")
+    assert cwd == host.check_output(f"readlink -f {APP_DIR}/current/app")
+
+
 def test_app_runs_as_app_user_with_configured_workers(host, hostvars):
     main_pid = host.check_output(f"systemctl show -p MainPID --value {SERVICE}")
     main = host.process.get(pid=int(main_pid))
@@ -185,25 +201,25 @@ def test_unit_exposure_score_is_at_most_2(host):
 
 
 def test_app_cannot_write_its_own_code(host):
-    out = host.run(f"runuser -u fastapi -- touch {APP_DIR}/app/intruder.py")
+    out = host.run(f"runuser -u fastapi -- touch {APP_DIR}/current/app/intruder.py")
     assert out.rc != 0
 
 
 def test_only_root_and_the_app_group_can_reach_the_code(host):
     base = host.file(APP_DIR)
     assert (base.user, base.group, base.mode) == ("root", "fastapi", 0o750)
-    assert host.run(f"runuser -u nobody -- ls {APP_DIR}/app").rc != 0
-    owners = host.check_output(f"find {APP_DIR}/app -not -user root | head -5")
+    assert host.run(f"runuser -u nobody -- ls {APP_DIR}/current/app").rc != 0
+    owners = host.check_output(f"find {APP_DIR}/current/app -not -user root | head -5")
     assert owners == "", owners
 
 
 def test_venv_records_the_requirements_it_was_built_from(host):
-    stamp = host.file(f"{APP_DIR}/venv/fastpg-requirements.txt")
-    deployed = host.file(f"{APP_DIR}/requirements.txt")
+    stamp = host.file(f"{APP_DIR}/current/venv/fastpg-requirements.txt")
+    deployed = host.file(f"{APP_DIR}/current/requirements.txt")
     assert (stamp.user, stamp.mode) == ("root", 0o644)
     assert stamp.content_string == deployed.content_string
     assert "fastapi==" in stamp.content_string
-    assert host.run(f"{APP_DIR}/venv/bin/pip check").rc == 0
+    assert host.run(f"{APP_DIR}/current/venv/bin/pip check").rc == 0
 
 
 def test_app_user_has_no_login_shell(host):
@@ -244,7 +260,7 @@ def test_pool_stats_report_inventory_pool_size(http, hostvars):
 
 
 def test_database_py_holds_inventory_pool_values(host, hostvars):
-    content = host.file(f"{APP_DIR}/app/database.py").content_string
+    content = host.file(f"{APP_DIR}/current/app/database.py").content_string
     for var, const in [
         ("fastapi_app_pool_size", "POOL_SIZE"),
         ("fastapi_app_max_overflow", "MAX_OVERFLOW"),
@@ -294,6 +310,6 @@ def test_no_world_readable_file_contains_the_password(host, layout):
 
 
 def test_password_is_not_in_database_py(host, hostvars):
-    content = host.file(f"{APP_DIR}/app/database.py").content_string
+    content = host.file(f"{APP_DIR}/current/app/database.py").content_string
     assert hostvars["fastpg_db_password"] not in content
     assert "FASTPG_DATABASE_PASSWORD" in content

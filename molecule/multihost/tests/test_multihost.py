@@ -51,14 +51,14 @@ def test_apps_connect_over_tls_only(host):
 
 
 def test_app_env_asks_for_verify_full():
-    env = remote("fastpg-app1").file("/opt/fastapi-app/app.env").content_string
+    env = remote("fastpg-app1").file("/opt/fastapi-app/current/app.env").content_string
     assert "PGSSLMODE=verify-full" in env
     assert "PGSSLROOTCERT=/opt/fastapi-app/db-ca.pem" in env
 
 
 def test_plain_connection_from_an_app_host_is_refused():
     out = remote("fastpg-app1").run(
-        "/opt/fastapi-app/venv/bin/python -c %s",
+        "/opt/fastapi-app/current/venv/bin/python -c %s",
         "import asyncio,asyncpg\n"
         "async def main():\n"
         "    try:\n"
@@ -82,7 +82,7 @@ def test_app_host_is_admitted_and_asked_for_its_password(app):
     node = remote(app)
     # The app hosts have no psql; asyncpg from the app's venv knocks instead.
     out = node.run(
-        "/opt/fastapi-app/venv/bin/python -c %s",
+        "/opt/fastapi-app/current/venv/bin/python -c %s",
         "import asyncio,asyncpg\n"
         "async def main():\n"
         "    try:\n"
@@ -107,7 +107,7 @@ def test_host_var_beats_group_var_beats_role_default(app, size):
     r = json.loads(node.check_output("python3 -c %s", HEALTH % "pool-stats"))
     assert r["body"]["pool_size"] == size
     assert r["body"]["max_overflow"] == 30
-    content = node.file("/opt/fastapi-app/app/database.py").content_string
+    content = node.file("/opt/fastapi-app/current/app/database.py").content_string
     assert f"POOL_SIZE = {size}\n" in content
     assert "MAX_OVERFLOW = 30\n" in content
 
@@ -129,3 +129,117 @@ def test_a_user_created_on_one_app_host_is_read_on_the_other():
     fetched = json.loads(remote("fastpg-app2").check_output("python3 -c %s", HEALTH % f"users/{created['id']}"))
     assert fetched["status"] == 200
     assert fetched["body"]["username"] == name
+
+
+# --- A user's own app: not the reference app ------------------------------------------------
+
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[3]
+NOTES = ROOT / "tests" / "apps" / "notes"
+NOTES_SECRET = "notes-secret-key-9Zk4"
+NOTES_VARS = {
+    "fastapi_app_source": str(NOTES),
+    "fastapi_app_source_subdir": "backend",
+    "fastapi_app_module": "app.main:app",
+    "fastapi_app_database_module": "app/database.py",
+    "fastapi_app_health_path": "/healthz",
+    "fastapi_app_database_url_driver": "psycopg",
+    "fastapi_app_database_env": {"name": "NOTES_DB_NAME"},
+    "fastapi_app_environment": {"NOTES_GREETING": "hello from fastpg"},
+    "fastapi_app_secret_environment": {"NOTES_SECRET_KEY": NOTES_SECRET},
+    "fastapi_app_pre_start": ["alembic upgrade head", "python -m app.seed"],
+}
+
+
+def playbook(name, extra):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1")
+    eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if eph and (Path(eph) / "ansible.cfg").exists():
+        env["ANSIBLE_CONFIG"] = str(Path(eph) / "ansible.cfg")
+    env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(ROOT / "collections"))
+    env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
+    exe = Path(sys.executable).parent / "ansible-playbook"
+    done = subprocess.run([str(exe), "-i", INVENTORY, name, "-e", json.dumps(extra)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    return done.returncode, done.stdout + done.stderr
+
+
+def get(app, path):
+    return json.loads(remote(app).check_output("python3 -c %s", HEALTH.replace("8000/%s", "8000%s") % path))
+
+
+def current(app):
+    return remote(app).check_output("readlink /opt/fastapi-app/current")
+
+
+@pytest.fixture(scope="module")
+def notes_deployed():
+    rc, out = playbook("fastpg.stack.site", NOTES_VARS)
+    assert rc == 0, out[-4000:]
+    return out
+
+
+def test_own_app_serves_from_its_subdirectory_with_its_own_health_path(notes_deployed):
+    for app in APPS:
+        assert get(app, "/healthz") == {"status": 200, "body": {"ok": True}}
+        root = remote(app).check_output("ls /opt/fastapi-app/current/app").split()
+        assert "pyproject.toml" in root and "frontend" not in root and "backend" not in root
+
+
+def test_own_app_is_configured_by_environment_variables_only(notes_deployed):
+    import hashlib
+
+    digest = hashlib.sha256(NOTES_SECRET.encode()).hexdigest()[:12]
+    for app in APPS:
+        assert get(app, "/greeting")["body"] == {
+            "greeting": "hello from fastpg", "database": "fastpg", "secret_sha256_12": digest}
+        env = remote(app).file("/opt/fastapi-app/current/app.env")
+        assert (env.user, env.mode) == ("fastapi", 0o600)
+        assert "DATABASE_URL=\"postgresql+psycopg://fastpg:" in env.content_string
+    assert NOTES_SECRET not in notes_deployed
+
+
+def test_own_app_installs_from_pyproject(notes_deployed):
+    for app in APPS:
+        reqs = remote(app).file("/opt/fastapi-app/current/requirements.txt").content_string
+        assert "# From the app (pyproject.toml)." in reqs and "psycopg[binary]==3.3.9" in reqs
+        assert remote(app).run("/opt/fastapi-app/current/venv/bin/python -c 'import psycopg'").rc == 0
+
+
+def test_pre_start_ran_once_on_the_first_host_before_any_switch(notes_deployed):
+    ran = re.findall(r"^changed: \[(fastpg-app\d)\] => \(item=([^/].+?)\)", notes_deployed, re.M)
+    assert ran == [("fastpg-app1", "alembic upgrade head"), ("fastpg-app1", "python -m app.seed")], ran
+    # Its migrations (in their own version table) and initial data are in the database.
+    assert get("fastpg-app2", "/notes")["body"] == [{"id": 1, "text": "welcome"}]
+
+
+def test_a_release_that_fails_stops_the_rollout_before_the_next_host(tmp_path):
+    import shutil
+
+    broken = tmp_path / "notes"
+    shutil.copytree(NOTES, broken)
+    main = broken / "backend" / "app" / "main.py"
+    main.write_text(main.read_text().replace("from app import config", "from app import settings"))
+    before = {app: current(app) for app in APPS}
+    rc, out = playbook("fastpg.stack.site", dict(NOTES_VARS, fastapi_app_source=str(broken)))
+    flat = re.sub(r"\s+", " ", out)
+    print(re.search(r"Release \w+ failed its trial on fastpg-app1.{0,400}", flat)[0])
+    assert rc != 0
+    assert "ImportError: cannot import name 'settings' from 'app'" in out
+    assert f"release {before['fastpg-app1'].split('/')[-1]} goes on serving" in flat
+    # The first host kept its release; the second was not touched at all.
+    assert {app: current(app) for app in APPS} == before
+    assert not re.search(r"^(changed|ok): \[fastpg-app2\]", out.split("PLAY [Application tier")[-1], re.M)
+    for app in APPS:
+        assert get(app, "/healthz")["status"] == 200
+
+
+def test_back_to_the_reference_app():
+    rc, out = playbook("fastpg.stack.site", {})
+    assert rc == 0, out[-4000:]
+    for app in APPS:
+        assert get(app, "/health")["body"]["database"] == "connected"

@@ -7,12 +7,14 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
+from steady_load import SteadyLoad, container_address  # noqa: E402
 
 testinfra_hosts = ["ansible://fastpg-resilience"]
 
@@ -26,7 +28,7 @@ PASSWORD = yaml.safe_load(SHARED_VARS.read_text())["fastpg_db_password"]
 PASSWORD_PIECE = PASSWORD.split(":")[0]
 
 
-def playbook(*args, inventory=None):
+def playbook(*args, inventory=None, site=SITE, stdin=None):
     exe = Path(sys.executable).parent / "ansible-playbook"
     env = dict(os.environ, ANSIBLE_NOCOLOR="1")
     eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
@@ -37,7 +39,8 @@ def playbook(*args, inventory=None):
     env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
     inv = inventory or os.environ["MOLECULE_INVENTORY_FILE"]
     done = subprocess.run([str(exe if exe.exists() else shutil.which("ansible-playbook")), "-i", str(inv),
-                           SITE, *args], env=env, capture_output=True, text=True, timeout=900)
+                           site, *args], env=env, capture_output=True, text=True, timeout=900,
+                          input=stdin, start_new_session=True)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -183,7 +186,7 @@ def test_no_run_reinitialised_the_cluster_or_lost_a_row(host, baseline):
 
 # --- A user's own app ---------------------------------------------------------------------
 
-APP_CODE = "/opt/fastapi-app/app"
+APP_CODE = "/opt/fastapi-app/current/app"
 REFERENCE_APP = ROOT / "roles" / "fastapi_app" / "files" / "reference_app"
 # The settings the tests above left in place, so these runs change only the app.
 LAST_VARS = {"postgresql_settings": dict(SETTINGS, work_mem="3MB", shared_buffers="192MB"),
@@ -207,17 +210,18 @@ def test_re_run_installs_nothing_and_a_lost_virtualenv_is_rebuilt(host):
     assert recap(out)["changed"] == 0
     # The venv is current: pip does not run, in the background or in the foreground.
     assert task_status(out, "Setup | Build a new virtualenv in the background") == "skipping"
-    assert task_status(out, "Deploy | Install the requirements into the virtualenv") == "skipping"
-    pid = pg_state(host)["app_pid"]
+    assert task_status(out, "Stage | Install the requirements into the virtualenv") == "skipping"
 
-    # A lost venv has no record of a build: it is rebuilt like a new one, in the background.
-    host.check_output("rm -rf /opt/fastapi-app/venv")
+    # A lost venv has no record of a build: it is rebuilt like a new one, in the background,
+    # under the same name (its requirements'), so the release and the service stay as they are.
+    venv = host.check_output("readlink -f /opt/fastapi-app/current/venv")
+    host.check_output(f"rm -rf {venv}")
     rc, out = playbook(*extra)
     assert rc == 0, out[-3000:]
     assert task_status(out, "Setup | Build a new virtualenv in the background") == "changed"
-    assert task_status(out, "Deploy | Wait for the new virtualenv's background build") == "changed"
-    assert host.file("/opt/fastapi-app/venv/fastpg-requirements.txt").exists
-    assert pg_state(host)["app_pid"] != pid
+    assert task_status(out, "Stage | Wait for the new virtualenv's background build") == "changed"
+    assert host.file(f"{venv}/fastpg-requirements.txt").exists
+    assert host.run("systemctl restart fastapi-app").rc == 0
     assert host.run("python3 -c %s", "import urllib.request;urllib.request.urlopen("
                     "'http://127.0.0.1:8000/health')").rc == 0
 
@@ -277,55 +281,6 @@ REFUSED = {
 }
 
 
-class SteadyLoad:
-    """Keep-alive clients on the controller, looping over GET /users/?limit=1 (a database query)
-    against the container's address until stopped: every non-2xx answer and every connection
-    error counts as failed. Bounded: it stops by itself after `limit_s`."""
-
-    def __init__(self, host, clients=4, limit_s=600):
-        address = json.loads(subprocess.run(
-            ["docker", "inspect", host.backend.host], capture_output=True, text=True, check=True).stdout)
-        self.address = address[0]["NetworkSettings"]["IPAddress"]
-        self.clients, self.limit_s = clients, limit_s
-        self.ok = self.failed = 0
-        self.last_failure = None
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-
-    def client(self):
-        conn, deadline = None, time.monotonic() + self.limit_s
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                conn = conn or http.client.HTTPConnection(self.address, 8000, timeout=5)
-                conn.request("GET", "/users/?limit=1")
-                resp = conn.getresponse()
-                resp.read()
-                good = 200 <= resp.status < 300
-            except (OSError, http.client.HTTPException):
-                good, conn = False, None
-            with self.lock:
-                if good:
-                    self.ok += 1
-                else:
-                    self.failed += 1
-                    self.last_failure = time.monotonic()
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(self.clients)]
-        for t in self.threads:
-            t.start()
-        time.sleep(1)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(1)
-        self.stop.set()
-        for t in self.threads:
-            t.join()
-        self.ended = time.monotonic()
-
-
 def last_failure(flat):
     """The message of the run's last failed task."""
     tail = flat[flat.rfind("fatal: ["):]
@@ -346,11 +301,11 @@ def restart_succeeds(host):
 def test_refused_configuration_never_goes_live(host, case):
     change, reason = REFUSED[case]
     before = live(host)
-    with SteadyLoad(host) as load:
+    with SteadyLoad(container_address(host.backend.host)) as load:
         rc, out = playbook("-e", json.dumps(dict(LAST_VARS, **change)), "--limit", "fastpg-resilience")
     flat = re.sub(r"\s+", " ", out)
     print(f"\n{case}: {last_failure(flat)}")
-    print(f"{case}: requests from the controller during the run: {load.ok} ok, {load.failed} failed")
+    print(f"{case}: requests from the controller during the run: {load.summary()}")
     assert load.ok > 0 and load.failed == 0
     assert rc != 0
     assert re.search(reason, flat), flat[-3000:]
@@ -363,7 +318,7 @@ def test_refused_configuration_never_goes_live(host, case):
 def test_a_value_that_stops_the_server_is_rolled_back(host):
     before = live(host)
     settings = dict(LAST_VARS["postgresql_settings"], huge_pages="on")
-    with SteadyLoad(host) as load:
+    with SteadyLoad(container_address(host.backend.host)) as load:
         rc, out = playbook("-e", json.dumps(dict(LAST_VARS, postgresql_settings=settings)),
                            "--limit", "fastpg-resilience")
         recovered_at = time.monotonic()
@@ -371,7 +326,7 @@ def test_a_value_that_stops_the_server_is_rolled_back(host):
     flat = re.sub(r"\s+", " ", out)
     down = re.search(r"it was down for about ([0-9.]+) s", flat)
     print(f"\nhuge_pages: on: {last_failure(flat)}")
-    print(f"huge_pages: on: requests from the controller during the run: {load.ok} ok, {load.failed} failed "
+    print(f"huge_pages: on: requests from the controller during the run: {load.summary()} "
           f"(all while the server was down)")
     # Requests fail only while the server is down, and none once the run has put it back.
     assert load.failed > 0 and (load.last_failure or 0) <= recovered_at
@@ -387,3 +342,222 @@ def test_a_value_that_stops_the_server_is_rolled_back(host):
     # The next run on the good configuration changes nothing.
     rc, out = playbook("-e", json.dumps(LAST_VARS), "--limit", "fastpg-resilience")
     assert rc == 0 and recap(out)["changed"] == 0, out[-3000:]
+
+
+# --- Releases: every kind of deploy under a steady load from outside the host ---------------
+
+APP_SECRET = yaml.safe_load((Path(__file__).resolve().parents[1] / "host_vars" / "fastpg-resilience.yml")
+                            .read_text())["fastapi_app_secret_environment"]["APP_API_TOKEN"]
+DEPLOY = "fastpg.stack.site"
+ROLLBACK = "fastpg.stack.rollback"
+
+
+def release(host, link="current"):
+    return host.check_output(f"basename $(readlink /opt/fastapi-app/{link})")
+
+
+def http_get(host, path):
+    conn = http.client.HTTPConnection(container_address(host.backend.host), 8000, timeout=5)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read().decode()
+
+
+def drill(host, name, extra_vars, playbook_name=DEPLOY, verbose=False):
+    """One run under the steady load; prints how long it took and what the load saw."""
+    args = ["-e", json.dumps(extra_vars), "--limit", "fastpg-resilience"] + (["-vvv"] if verbose else [])
+    with SteadyLoad(container_address(host.backend.host)) as load:
+        start = time.monotonic()
+        rc, out = playbook(*args, site=playbook_name)
+        took = time.monotonic() - start
+    print(f"\n{name}: run {took:.1f} s, rc {rc}; from the controller: {load.summary()}")
+    return rc, out, load
+
+
+def app_copy(tmp_path, name, edit=None):
+    src = tmp_path / name
+    shutil.copytree(REFERENCE_APP, src, ignore=shutil.ignore_patterns("__pycache__"))
+    if edit:
+        main = src / "main.py"
+        main.write_text(edit(main.read_text()))
+    return src
+
+
+VERSION_ROUTE = '\n\n@app.get("/version")\nasync def version():\n    return {"version": "%s"}\n'
+
+
+@pytest.fixture(scope="module")
+def v2(tmp_path_factory):
+    return app_copy(tmp_path_factory.mktemp("v2"), "app", lambda t: t + VERSION_ROUTE % "v2")
+
+
+def test_code_change_drops_no_request(host, v2):
+    before = release(host)
+    rc, out, load = drill(host, "code change", dict(LAST_VARS, fastapi_app_source=str(v2)))
+    assert rc == 0, out[-3000:]
+    assert load.ok > 0 and load.failed == 0
+    assert release(host) != before and release(host, "previous") == before
+    assert http_get(host, "/version") == (200, '{"version":"v2"}')
+
+
+def test_pool_change_drops_no_request(host, v2):
+    rc, out, load = drill(host, "pool change", dict(LAST_VARS, fastapi_app_source=str(v2), fastapi_app_pool_size=9))
+    assert rc == 0, out[-3000:]
+    assert load.ok > 0 and load.failed == 0
+    assert json.loads(http_get(host, "/pool-stats")[1])["pool_size"] == 9
+
+
+def test_requirements_change_builds_a_new_virtualenv_and_drops_no_request(host, v2):
+    venv = host.check_output("readlink /opt/fastapi-app/current/venv")
+    rc, out, load = drill(host, "requirements change", dict(
+        LAST_VARS, fastapi_app_source=str(v2), fastapi_app_pool_size=9,
+        fastapi_app_requirements=["python-dotenv==1.2.4"]))
+    assert rc == 0, out[-3000:]
+    assert load.ok > 0 and load.failed == 0
+    new_venv = host.check_output("readlink /opt/fastapi-app/current/venv")
+    assert new_venv != venv
+    assert "python-dotenv==1.2.4" in host.file(f"{new_venv}/fastpg-requirements.txt").content_string
+    # The release before keeps its own virtualenv, for a rollback.
+    assert host.check_output("readlink /opt/fastapi-app/previous/venv") == venv
+
+
+ENV_VARS = dict(LAST_VARS, fastapi_app_source="", fastapi_app_pool_size=9,
+                fastapi_app_requirements=["python-dotenv==1.2.4"])
+
+
+def worker_environment(host):
+    pid = host.check_output("pgrep -u fastapi -n -f multiprocessing")
+    return host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+
+
+def test_environment_and_secret_change_drops_no_request_and_leaks_nothing(host, v2):
+    change = dict(ENV_VARS, fastapi_app_source=str(v2), fastapi_app_environment={"APP_MODE": "blue"},
+                  fastapi_app_secret_environment={"APP_API_TOKEN": APP_SECRET + "-rotated"})
+    rc, out, load = drill(host, "environment and secret change", change, verbose=True)
+    assert rc == 0, out[-3000:]
+    assert load.ok > 0 and load.failed == 0
+    env = worker_environment(host)
+    assert "APP_MODE=blue" in env and f"APP_API_TOKEN={APP_SECRET}-rotated" in env
+    assert APP_SECRET not in out and PASSWORD_PIECE not in out
+
+
+def test_rollback_returns_to_the_previous_release_and_drops_no_request(host):
+    now, before = release(host), release(host, "previous")
+    rc, out, load = drill(host, "rollback", {}, playbook_name=ROLLBACK)
+    assert rc == 0, out[-3000:]
+    assert load.ok > 0 and load.failed == 0
+    assert (release(host), release(host, "previous")) == (before, now)
+    assert "The database schema was not downgraded" in out
+    assert "APP_MODE=resilience" in worker_environment(host)
+
+
+def test_a_release_that_cannot_start_never_serves(host, tmp_path):
+    broken = app_copy(tmp_path, "broken", lambda t: "import fastpg_no_such_module  # noqa\n" + t)
+    serving, pid = release(host), pg_state(host)["app_pid"]
+    rc, out, load = drill(host, "release that cannot start", dict(ENV_VARS, fastapi_app_source=str(broken),
+                                                                  fastapi_app_health_timeout=15))
+    flat = re.sub(r"\s+", " ", out)
+    print(f"release that cannot start: {last_failure(flat)}")
+    assert rc != 0
+    assert "ModuleNotFoundError: No module named 'fastpg_no_such_module'" in out
+    assert f"It was not switched in: release {serving} goes on serving" in flat
+    # The old release served throughout: not one request failed, and it was never restarted.
+    assert load.ok > 0 and load.failed == 0
+    assert release(host) == serving and pg_state(host)["app_pid"] == pid
+
+
+LIVE_ONLY_FAILURE = '''
+import os as _os
+from fastapi.responses import JSONResponse as _JSONResponse
+
+
+@app.middleware("http")
+async def fail_when_socket_activated(request, call_next):
+    # Passes the trial (its own socket) and fails once it serves behind the service's socket.
+    if request.url.path == "/health" and "LISTEN_FDS" in _os.environ:
+        return _JSONResponse({"status": "broken"}, status_code=503)
+    return await call_next(request)
+'''
+
+
+def test_a_release_that_fails_once_serving_is_rolled_back_within_seconds(host, tmp_path):
+    bad = app_copy(tmp_path, "bad", lambda t: t + LIVE_ONLY_FAILURE)
+    serving = release(host)
+    rc, out, load = drill(host, "release that fails once serving", dict(
+        ENV_VARS, fastapi_app_source=str(bad), fastapi_app_health_timeout=5))
+    flat = re.sub(r"\s+", " ", out)
+    window = (load.last_failure - load.first_failure) if load.failed else 0.0
+    print(f"release that fails once serving: {last_failure(flat)}")
+    print(f"release that fails once serving: failed answers for {window:.1f} s (its /health only)")
+    assert rc != 0
+    assert f"Rolled back to release {serving}, which is serving again." in flat
+    assert release(host) == serving
+    # Only the bad release's own /health answers failed, and only until the rollback.
+    assert set(load.errors) <= {"HTTP 503"} and window < 30
+    assert http_get(host, "/health")[0] == 200
+
+
+SUDO_PASSWORD = "deploy-sudo-pass-31x"
+
+
+def test_deploy_over_ssh_by_a_user_whose_sudo_asks_for_a_password(host, v2, tmp_path):
+    # A login user whose sudo asks for a password, reached over SSH with a key.
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    host.check_output("id deploy || useradd --create-home --shell /bin/bash deploy")
+    host.check_output("install -d -m 0700 -o deploy -g deploy ~deploy/.ssh")
+    host.check_output("printf '%%s\\n' %s > ~deploy/.ssh/authorized_keys && chown deploy: ~deploy/.ssh/authorized_keys",
+                      key.with_suffix(".pub").read_text().strip())
+    host.check_output("echo deploy:%s | chpasswd", SUDO_PASSWORD)
+    host.check_output("echo 'deploy ALL=(ALL:ALL) ALL' > /etc/sudoers.d/deploy && chmod 0440 /etc/sudoers.d/deploy")
+    host.check_output("systemctl start ssh")
+    inv = tmp_path / "inventory"
+    (inv / "group_vars").mkdir(parents=True)
+    (inv / "host_vars").mkdir()
+    shutil.copy(SHARED_VARS, inv / "group_vars" / "all.yml")
+    shutil.copy(Path(__file__).resolve().parents[1] / "host_vars" / "fastpg-resilience.yml",
+                inv / "host_vars" / "fastpg-resilience.yml")
+    (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {
+        "hosts": {"fastpg-resilience": {
+            "ansible_connection": "ssh", "ansible_host": container_address(host.backend.host),
+            "ansible_user": "deploy", "ansible_ssh_private_key_file": str(key),
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}},
+        "children": {"dbservers": {"hosts": {"fastpg-resilience": None}},
+                     "appservers": {"hosts": {"fastpg-resilience": None}}}}}))
+    change = ["-e", json.dumps(dict(LAST_VARS, fastapi_app_source=str(v2))), "--limit", "fastpg-resilience"]
+
+    # Without the password, sudo refuses: the deploy really needs it.
+    rc, out = playbook(*change, inventory=inv / "hosts.yml")
+    assert rc != 0 and re.search(r"[Mm]issing sudo password|a password is required", out), out[-2000:]
+
+    # --ask-become-pass, answered on stdin (no terminal): the code goes over and serves.
+    before = release(host)
+    with SteadyLoad(container_address(host.backend.host)) as load:
+        rc, out = playbook("--ask-become-pass", *change, inventory=inv / "hosts.yml", stdin=SUDO_PASSWORD + "\n")
+    print(f"\ndeploy over SSH with a sudo password: rc {rc}; from the controller: {load.summary()}")
+    assert rc == 0, out[-3000:]
+    assert load.failed == 0
+    assert release(host) != before
+    assert http_get(host, "/version") == (200, '{"version":"v2"}')
+    assert SUDO_PASSWORD not in out
+    host.check_output("systemctl stop ssh")
+
+
+def test_the_inventory_release_again_changes_nothing_on_the_next_run(host):
+    rc, out, load = drill(host, "back to the inventory's app", LAST_VARS)
+    assert rc == 0, out[-3000:]
+    assert load.failed == 0
+    rc, out = playbook("-e", json.dumps(LAST_VARS), "--limit", "fastpg-resilience")
+    assert rc == 0 and recap(out)["changed"] == 0, out[-3000:]
+
+
+def test_app_secret_is_in_no_world_readable_file_and_on_no_command_line(host):
+    # As a pattern that does not spell the secret: the argv sampler would record it.
+    pattern = APP_SECRET[:-1] + "[" + APP_SECRET[-1] + "]"
+    found = host.run(f"grep -rls -- '{pattern}' /etc /opt /var /tmp /root /home /run /srv /usr/local")
+    for path in found.stdout.split():
+        mode = host.file(path).mode
+        assert not mode & 0o004, f"{path} is world-readable ({oct(mode)}) and holds the app's secret"
+        assert host.file(path).user in ("fastapi", "root")
+    lines = host.file("/var/log/fastpg-argv.log").content_string.splitlines()
+    assert not [line for line in lines if APP_SECRET in line]
