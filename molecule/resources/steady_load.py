@@ -31,7 +31,7 @@ def container_address(name):
 
 
 class SteadyLoad:
-    def __init__(self, address, port=8000, paths=PATHS, clients=50, limit_s=900, pause_s=0.1):
+    def __init__(self, address, port=8000, paths=PATHS, clients=50, limit_s=900, pause_s=0.2):
         self.address, self.port, self.paths = address, port, paths
         self.clients, self.limit_s, self.pause_s = clients, limit_s, pause_s
         self.ok = self.failed = self.retried = 0

@@ -159,8 +159,8 @@ def test_the_app_serves_from_a_release_named_by_its_content(host):
     assert re.fullmatch(r"releases/[0-9a-f]{12}", host.check_output(f"readlink {APP_DIR}/current"))
     venv = host.check_output(f"readlink {APP_DIR}/current/venv")
     assert re.fullmatch(rf"{APP_DIR}/venvs/[0-9a-f]{{12}}", venv)
-    cwd = host.check_output(f"readlink /proc/$(systemctl show -P MainPID {SERVICE})/cwd")
-    assert cwd == host.check_output(f"readlink -f {APP_DIR}/current/app")
+    assert host.check_output(f"systemctl show -P WorkingDirectory {SERVICE}") == f"{APP_DIR}/current/app"
+    assert host.file(f"{APP_DIR}/current/app/main.py").exists
 
 
 def test_app_runs_as_app_user_with_configured_workers(host, hostvars):

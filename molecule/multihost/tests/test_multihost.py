@@ -225,7 +225,8 @@ def test_a_release_that_fails_stops_the_rollout_before_the_next_host(tmp_path):
     main = broken / "backend" / "app" / "main.py"
     main.write_text(main.read_text().replace("from app import config", "from app import settings"))
     before = {app: current(app) for app in APPS}
-    rc, out = playbook("fastpg.stack.site", dict(NOTES_VARS, fastapi_app_source=str(broken)))
+    # The application tier's own playbook: a deploy that changes only the app.
+    rc, out = playbook("fastpg.stack.app", dict(NOTES_VARS, fastapi_app_source=str(broken)))
     flat = re.sub(r"\s+", " ", out)
     print(re.search(r"Release \w+ failed its trial on fastpg-app1.{0,400}", flat)[0])
     assert rc != 0
@@ -239,7 +240,7 @@ def test_a_release_that_fails_stops_the_rollout_before_the_next_host(tmp_path):
 
 
 def test_back_to_the_reference_app():
-    rc, out = playbook("fastpg.stack.site", {})
+    rc, out = playbook("fastpg.stack.app", {})
     assert rc == 0, out[-4000:]
     for app in APPS:
         assert get(app, "/health")["body"]["database"] == "connected"
