@@ -22,7 +22,9 @@ from packaging.version import Version
 UVICORN_MINIMUM = Version("0.22.0")
 # What database.py and the unit import; a hashed lock file must contain them.
 STACK = ("uvicorn", "fastapi", "sqlalchemy", "asyncpg")
-OPTIONS_PASSED = ("--index-url", "-i", "--extra-index-url", "--find-links", "-f", "--trusted-host",
+# --trusted-host is not among them: it turns TLS verification off for an index. A private
+# index's CA goes in fastapi_app_pip_ca_bundle instead.
+OPTIONS_PASSED = ("--index-url", "-i", "--extra-index-url", "--find-links", "-f",
                   "--no-binary", "--only-binary", "--prefer-binary", "--pre")
 
 
@@ -76,6 +78,10 @@ def _app_lines(text, fmt, extras, origin):
     lines = []
     for line in _lines(text):
         option = line.split()[0].split("=")[0]
+        if option == "--trusted-host":
+            raise AnsibleFilterError(
+                f"{origin}: {line!r} turns TLS verification off for that index; fastpg does not pass it. "
+                f"Accepted: the index's CA certificate in fastapi_app_pip_ca_bundle (pip --cert).")
         if line.startswith("-") and option not in OPTIONS_PASSED:
             raise AnsibleFilterError(
                 f"{origin}: {line!r} is not supported (accepted: requirement lines, --hash, and the index "

@@ -47,6 +47,7 @@ def no_dbservers(a):
 
 
 OLD_UVICORN = str(Path(__file__).resolve().parent / "apps" / "old-uvicorn")
+TRUSTED_HOST = str(Path(__file__).resolve().parent / "apps" / "trusted-host")
 
 CASES = {
     "negative pool_size": (apps(fastapi_app_pool_size=-1),
@@ -114,6 +115,9 @@ CASES = {
     "an app that pins a uvicorn too old for zero-downtime restarts": (
         apps(fastapi_app_source=OLD_UVICORN),
         r"app1: requirements.txt pins 'uvicorn==0.20.0': fastpg's zero-downtime restarts need uvicorn 0.22.0"),
+    "an app that turns TLS verification off for its index": (
+        apps(fastapi_app_source=TRUSTED_HOST),
+        r"app1: requirements.txt: '--trusted-host pypi.internal.example' turns TLS verification off"),
     "an app source that is not there": (apps(fastapi_app_source="/nonexistent/app"),
                                         r"fastapi_app_source on app1: /nonexistent/app is not a directory"),
     "an environment variable name a shell refuses": (
