@@ -1,6 +1,7 @@
 """The connection budget across app hosts and their database hosts (preflight)."""
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.fastpg.stack.plugins.filter.apps import app_entries
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -26,22 +27,27 @@ def _whole(name, key, value):
 
 
 def pool_rows(hosts, hostvars, defaults, dbservers):
-    """Each app host's pool values: its own, its groups', else the role defaults.
+    """Each app's pool values on each app host: the default app's (the host's own, its groups',
+    else the role defaults), then those of its fastpg_apps entries.
 
     Read from the inventory for every app host, so a --limit run still adds up all of them.
     """
     rows = []
     for name in hosts:
         hv = hostvars[name]
+        host = {"host": name, "db_host": str(_value(name, hv, defaults, "fastpg_db_host")),
+                "in_dbservers": name in dbservers}
         rows.append({
-            "host": name,
-            "db_host": str(_value(name, hv, defaults, "fastpg_db_host")),
-            "in_dbservers": name in dbservers,
+            **host, "app": str(_value(name, hv, defaults, "fastapi_app_name")),
             **{short: _whole(name, key, _value(name, hv, defaults, key)) for short, key in (
                 ("workers", "fastapi_app_workers"),
                 ("pool_size", "fastapi_app_pool_size"),
                 ("max_overflow", "fastapi_app_max_overflow"))},
         })
+        for app in app_entries(hv["fastpg_apps"] if "fastpg_apps" in hv else [], hv, defaults):
+            label = f"fastpg_apps entry {app.get('name')!r} of {name}"
+            rows.append({**host, "app": str(app.get("name")),
+                         **{key: _whole(label, key, app[key]) for key in ("workers", "pool_size", "max_overflow")}})
     return rows
 
 
@@ -90,6 +96,8 @@ def resolve_db_hosts(apps, dbs):
             why = "is not set" if not target else f"is '{target}', which is no dbservers host"
             if target in LOOPBACK:
                 why = f"is '{target}', but {app['host']} is not in dbservers"
+            if any(e.startswith(f"{app['host']}: ") for e in errors):
+                continue  # the host's other apps
             errors.append(
                 f"{app['host']}: fastpg_db_host {why}. Accepted: the inventory name or "
                 f"ansible_host of a dbservers host [{known}], or 127.0.0.1/localhost when the "
@@ -101,7 +109,7 @@ def resolve_db_hosts(apps, dbs):
 def connection_budget(apps, dbs, allowance=10, active_factor=4):
     """Peak connections of every app host against max_connections of its database host.
 
-    apps: [{host, db_host, in_dbservers, workers, pool_size, max_overflow}]
+    apps: [{host, app, db_host, in_dbservers, workers, pool_size, max_overflow}], a row per app
     dbs:  [{host, address, max_connections, superuser_reserved, cpus (or None)}]
     App hosts that resolve to no database host are left out (resolve_db_hosts reports them).
     """
@@ -110,7 +118,8 @@ def connection_budget(apps, dbs, allowance=10, active_factor=4):
     rows = []
     for a in sorted(apps, key=lambda a: (a["db"], a["host"])):
         workers, size, over = int(a["workers"]), int(a["pool_size"]), int(a["max_overflow"])
-        rows.append({"host": a["host"], "db": a["db"], "workers": workers, "pool_size": size, "max_overflow": over,
+        rows.append({"host": a["host"], "app": a.get("app", ""), "db": a["db"],
+                     "workers": workers, "pool_size": size, "max_overflow": over,
                      "peak": workers * (size + over), "steady": workers * size})
     databases, warnings = [], []
     for d in sorted(dbs, key=lambda d: d["host"]):
@@ -138,12 +147,12 @@ def connection_budget(apps, dbs, allowance=10, active_factor=4):
 
 
 def report(rows, databases, ok):
-    head = ["app host", "database", "workers", "pool_size", "max_overflow", "peak", "steady"]
-    body = [[r["host"], r["db"], r["workers"], r["pool_size"], r["max_overflow"], r["peak"], r["steady"]]
+    head = ["app host", "app", "database", "workers", "pool_size", "max_overflow", "peak", "steady"]
+    body = [[r["host"], r["app"], r["db"], r["workers"], r["pool_size"], r["max_overflow"], r["peak"], r["steady"]]
             for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)] if body else [len(h) for h in head]
     fmt = "  ".join("{:<%d}" % w for w in widths)
-    lines = ["Connection budget: peak = workers x (pool_size + max_overflow) per app host",
+    lines = ["Connection budget: peak = workers x (pool_size + max_overflow) per app and app host",
              fmt.format(*head).rstrip()]
     lines += [fmt.format(*map(str, b)).rstrip() for b in body]
     for db in databases:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.fastpg.stack.plugins.filter.apps import OWN, REQUIRED, app_entries
 from ansible_collections.fastpg.stack.plugins.filter.requirements import app_requirements
 
 BASE_REQUIREMENTS = Path(__file__).resolve().parents[2] / "roles" / "fastapi_app" / "files" / "requirements-base.txt"
@@ -33,6 +34,8 @@ PLACEHOLDER = re.compile(r"CHANGE_?ME", re.IGNORECASE)
 # A database or role name the stack writes into pg_hba.conf, SQL and a URL: no spaces, quotes,
 # commas or semicolons (pg_hba.conf would read a comma as a list, a space as the next field).
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+# An app of fastpg_apps: its name is a systemd unit's, a system user's and (with _ for -) a role's.
+APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_DICTS = ("fastapi_app_environment", "fastapi_app_secret_environment")
 DATABASE_PARTS = ("host", "port", "name", "user", "password")
@@ -125,9 +128,9 @@ def _environment(host, hv):
 def _app_source(host, hv, seen):
     """An app of the user's own: its root exists on the controller and its requirements can be
     merged (uvicorn new enough, pip options supported). Each distinct app is read once."""
-    if "fastapi_app_source" not in hv:
+    source = str(_get(hv, "fastapi_app_source", "") or "")
+    if not source:
         return []  # the bundled reference app
-    source = str(_get(hv, "fastapi_app_source"))
     subdir = str(_get(hv, "fastapi_app_source_subdir", "") or "").strip("/")
     name = str(_get(hv, "fastapi_app_requirements_file", "") or "")
     extras = tuple(_get(hv, "fastapi_app_pyproject_extras", []) or [])
@@ -153,6 +156,85 @@ def _app_source(host, hv, seen):
     return [message.format(host=host) for message in seen[key]]
 
 
+def _app_checks(host, hv, spec, defaults, sources):
+    """Every check of one app's fastapi_app_* values (the default app's, or an entry's)."""
+    errors = _validate(host, spec, hv)
+    errors += _ranges(host, hv, APP_RANGES, defaults)
+    if _get(hv, "fastapi_app_pool_class", defaults.get("fastapi_app_pool_class")) in (None, "null"):
+        errors.append(
+            f"fastapi_app_pool_class is null on {host}: every session then opens its own connection, "
+            f"so the app's connections have no bound and the budget cannot hold. Accepted: queue "
+            f"(a pool of fastapi_app_pool_size + fastapi_app_max_overflow per worker); null only "
+            f"behind a pooler that bounds the connections, which this stack does not deploy yet."
+        )
+    errors += _environment(host, hv)
+    errors += _app_source(host, hv, sources)
+    return errors
+
+
+def _password(where, password):
+    password = str(password)
+    why = ("the example placeholder" if PLACEHOLDER.search(password)
+           else "shorter than 12 characters" if len(password) < 12 else None)
+    if not why:
+        return []
+    return [f"{where} is {why}. Accepted: a password of 12 or more characters, kept in the inventory with "
+            f"ansible-vault (see inventories/production.example/group_vars/all/vault.yml)."]
+
+
+def _apps(host, hv, spec, defaults, sources, passwords):
+    """The entries of fastpg_apps: each checked as the default app is, under its own name, and
+    none sharing a name, port, user or directory with another app of the host."""
+    entries = _get(hv, "fastpg_apps", []) or []
+    if not isinstance(entries, list):
+        return []  # the stack's argument spec reports the type
+    errors = []
+    taken = {key: {str(_get(hv, f"fastapi_app_{key}", defaults[f"fastapi_app_{key}"])): "the default app"}
+             for key in ("name", "port", "user", "dir")}
+    own = ", ".join(OWN)
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            errors.append(f"fastpg_apps[{index}] on {host} is {entry!r}; accepted: a mapping of an app's values.")
+            continue
+        label = f"fastpg_apps[{entry.get('name', index)}]"
+        missing = [key for key in REQUIRED if entry.get(key) in (None, "")]
+        unknown = sorted(str(key) for key in entry if key not in OWN)
+        if missing:
+            errors.append(f"{label} on {host} lacks {', '.join(missing)}; accepted: {', '.join(REQUIRED)} "
+                          f"are required.")
+        if unknown:
+            errors.append(f"{label} on {host} sets {', '.join(unknown)}, which an app of fastpg_apps does not "
+                          f"set (the host's values are shared by its apps); accepted: {own}.")
+        if missing or unknown:
+            continue
+        name = str(entry["name"])
+        if not APP_NAME.match(name):
+            errors.append(f"{label} on {host}: the name {name!r} is no service and user name; accepted: lower-case "
+                          f"letters, digits, - and _, starting with a letter, at most 32 characters.")
+            continue
+        app = app_entries([entry], hv, defaults)[0]
+        values = {f"fastapi_app_{key}": value for key, value in app.items()}
+        found = _app_checks(host, values, {k: v for k, v in spec.items() if k in values}, defaults, sources)
+        for key in ("db_name", "db_user"):
+            if not (isinstance(app[key], str) and IDENTIFIER.match(app[key])):
+                found.append(f"fastapi_app_{key} is {app[key]!r} on {host}; accepted: letters, digits, _, $ and -, "
+                             f"not starting with a digit or -, at most 63 characters.")
+        found += _password(f"fastapi_app_db_password of {label} on {host}", app["db_password"])
+        # Messages name the entry's key, not the role's input it becomes.
+        errors += [re.sub(r"\bfastapi_app_(\w+)", rf"{label}.\1", message) for message in found]
+        for key, apps in taken.items():
+            value = str(app[key])
+            if value in apps:
+                errors.append(f"{label} on {host} has the {key} {value} of {apps[value]}; each app of a host "
+                              f"needs its own name, port, user and directory.")
+            apps[value] = label
+        login = app["db_user"]
+        if passwords.setdefault(login, app["db_password"]) != app["db_password"]:
+            errors.append(f"{label} on {host}: the login role {login} has another password in another entry; "
+                          f"accepted: one password per db_user.")
+    return errors
+
+
 def preflight(hosts, hostvars, groups, specs, defaults, stack):
     """Every error of the hosts in this run, as messages that name the host, variable and fix.
 
@@ -164,7 +246,7 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
     # The stack sets these role inputs itself (and refuses them from the inventory above).
     specs = {tier: {k: v for k, v in options.items() if k not in stack["renamed"]} for tier, options in specs.items()}
     errors = []
-    sources = {}
+    sources, passwords = {}, {}
     for host in hosts:
         is_app, is_db = host in apps, host in dbs
         if not (is_app or is_db):
@@ -175,17 +257,8 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
                 errors.append(f"{host}: {old} is set, but site.yml no longer reads it. Set instead: {new}.")
         errors += _validate(host, stack["options"], hv)
         if is_app:
-            errors += _validate(host, specs["app"], hv)
-            errors += _ranges(host, hv, APP_RANGES, defaults["app"])
-            if _get(hv, "fastapi_app_pool_class", defaults["app"].get("fastapi_app_pool_class")) in (None, "null"):
-                errors.append(
-                    f"fastapi_app_pool_class is null on {host}: every session then opens its own connection, "
-                    f"so the app's connections have no bound and the budget cannot hold. Accepted: queue "
-                    f"(a pool of fastapi_app_pool_size + fastapi_app_max_overflow per worker); null only "
-                    f"behind a pooler that bounds the connections, which this stack does not deploy yet."
-                )
-            errors += _environment(host, hv)
-            errors += _app_source(host, hv, sources)
+            errors += _app_checks(host, hv, specs["app"], defaults["app"], sources)
+            errors += _apps(host, hv, specs["app"], defaults["app"], sources, passwords)
         if is_db:
             errors += _validate(host, specs["db"], hv)
             errors += _ranges(host, hv, DB_RANGES, defaults["db"])
@@ -197,14 +270,7 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
                               f"not starting with a digit or -, at most 63 characters.")
         password = _get(hv, "fastpg_db_password")
         if password is not None:
-            password = str(password)
-            why = ("the example placeholder" if PLACEHOLDER.search(password)
-                   else "shorter than 12 characters" if len(password) < 12 else None)
-            if why:
-                errors.append(
-                    f"fastpg_db_password on {host} is {why}. Accepted: a password of 12 or more characters, "
-                    f"kept in the inventory with ansible-vault (see inventories/production.example/group_vars/all/vault.yml)."
-                )
+            errors += _password(f"fastpg_db_password on {host}", password)
     return errors
 
 

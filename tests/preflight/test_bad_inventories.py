@@ -134,6 +134,29 @@ CASES = {
     "the removed fastapi_app_migrate": (apps(fastapi_app_migrate=False),
                                         r"fastapi_app_migrate is set, but site.yml no longer reads it. "
                                         r"Set instead: fastapi_app_pre_start"),
+    "an app beside the default one without its password": (
+        apps(fastpg_apps=[{"name": "notes", "port": 8001}]),
+        r"fastpg_apps\[notes\] on app1 lacks db_password; accepted: name, port, db_password are required"),
+    "an app beside the default one on its port": (
+        apps(fastpg_apps=[{"name": "notes", "port": 8000, "db_password": "notes-long-secret"}]),
+        r"fastpg_apps\[notes\] on app1 has the port 8000 of the default app"),
+    "two apps beside the default one under one name": (
+        apps(fastpg_apps=[{"name": "notes", "port": 8001, "db_password": "notes-long-secret"},
+                          {"name": "notes", "port": 8002, "db_password": "notes-long-secret"}]),
+        r"fastpg_apps\[notes\] on app1 has the name notes of fastpg_apps\[notes\]"),
+    "an app beside the default one setting a host-wide value": (
+        apps(fastpg_apps=[{"name": "notes", "port": 8001, "db_password": "notes-long-secret",
+                           "pip_index_url": "https://pypi.example/simple"}]),
+        r"fastpg_apps\[notes\] on app1 sets pip_index_url, which an app of fastpg_apps does not set"),
+    "an app beside the default one with a pool out of range": (
+        apps(fastpg_apps=[{"name": "notes", "port": 8001, "db_password": "notes-long-secret", "pool_size": 0}]),
+        r"fastpg_apps\[notes\].pool_size is 0 on app1; accepted: a whole number from 1 to 1000"),
+    "an app beside the default one with a name no service can have": (
+        apps(fastpg_apps=[{"name": "Notes App", "port": 8001, "db_password": "notes-long-secret"}]),
+        r"fastpg_apps\[Notes App\] on app1: the name 'Notes App' is no service and user name"),
+    "apps beside the default one over the budget": (
+        apps(fastpg_apps=[{"name": "notes", "port": 8001, "db_password": "notes-long-secret"}]),
+        r"app1\s+notes\s+db1\s+2\s+20\s+30\s+100\s+40 .*db1: 400 app peak .* OVER by 113"),
     "no database hosts at all": (no_dbservers, r"fastpg_db_host is 'db1', which is no dbservers host.*"
                                                r"none: the dbservers group is empty"),
 }
@@ -159,8 +182,8 @@ def test_good_inventory_passes_preflight_and_prints_the_budget(run_site):
     rc, out = run_site(inventory(), playbook="fastpg.stack.preflight")
     assert rc == 0, out
     out = re.sub(r"\s+", " ", out)
-    assert re.search(r"app1\s+db1\s+2\s+20\s+30\s+100\s+40", out)
-    assert re.search(r"app2\s+db1\s+2\s+20\s+30\s+100\s+40", out)
+    assert re.search(r"app1\s+fastapi-app\s+db1\s+2\s+20\s+30\s+100\s+40", out)
+    assert re.search(r"app2\s+fastapi-app\s+db1\s+2\s+20\s+30\s+100\s+40", out)
     assert ("db1: 200 app peak + 3 superuser_reserved_connections + 10 fastpg_reserved_connections"
             " = 213 of postgresql_max_connections 300: ok") in out
     assert TOUCHED not in out
@@ -180,6 +203,17 @@ def test_preflight_is_the_first_play_of_site_yml(run_site):
     assert TOUCHED in out[first_after:]
 
 
+def test_apps_beside_the_default_one_have_a_line_each_in_the_budget(run_site):
+    entry = {"name": "notes", "port": 8001, "db_password": "notes-long-secret", "workers": 1, "pool_size": 5}
+    rc, out = run_site(inventory(apps(fastpg_apps=[entry])), playbook="fastpg.stack.preflight")
+    assert rc == 0, out
+    out = re.sub(r"\s+", " ", out)
+    # workers and pool_size its own, max_overflow the host's (30).
+    assert re.search(r"app1\s+notes\s+db1\s+1\s+5\s+30\s+35\s+5", out), out
+    assert re.search(r"app2\s+notes\s+db1\s+1\s+5\s+30\s+35\s+5", out), out
+    assert "db1: 270 app peak" in out
+
+
 def test_host_var_beats_group_var_beats_role_default(run_site):
     def change(a):
         a["children"]["appservers"]["vars"] = {"fastapi_app_pool_size": 6}  # max_overflow: role default 30
@@ -188,8 +222,8 @@ def test_host_var_beats_group_var_beats_role_default(run_site):
     rc, out = run_site(inventory(change), playbook="fastpg.stack.preflight")
     assert rc == 0, out
     out = re.sub(r"\s+", " ", out)
-    assert re.search(r"app1\s+db1\s+2\s+6\s+30\s+72\s+12", out), out
-    assert re.search(r"app2\s+db1\s+2\s+9\s+30\s+78\s+18", out), out
+    assert re.search(r"app1\s+fastapi-app\s+db1\s+2\s+6\s+30\s+72\s+12", out), out
+    assert re.search(r"app2\s+fastapi-app\s+db1\s+2\s+9\s+30\s+78\s+18", out), out
     assert "150 app peak" in out
 
 

@@ -9,6 +9,8 @@ COLLECTIONS = os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(":")[0]
 PLUGINS = (Path(COLLECTIONS) / "ansible_collections" / "fastpg" / "stack" if COLLECTIONS
            else Path(__file__).resolve().parents[2]) / "plugins" / "filter"
 sys.path.insert(0, str(PLUGINS))
+# budget.py imports its sibling apps.py as the collection's module.
+sys.path.insert(0, COLLECTIONS or str(Path(__file__).resolve().parents[2] / "collections"))
 
 import budget as fb  # noqa: E402
 

@@ -35,12 +35,12 @@ def test_postgresql_listens_on_loopback_and_its_own_address_only(host):
     assert not host.socket("tcp://0.0.0.0:5432").is_listening
 
 
-def test_pg_hba_admits_the_app_hosts_only(host):
+def test_pg_hba_admits_the_app_hosts_only_each_app_to_its_own_database(host):
     hba = host.file("/etc/postgresql/17/main/pg_hba.conf").content_string
     rules = [line.split() for line in hba.splitlines() if line.startswith("host")]
-    assert sorted(rule[3] for rule in rules) == sorted(f"{address_of(a)}/32" for a in APPS)
-    assert all(rule[0] == "hostssl" and rule[1:3] == ["fastpg", "fastpg"] and rule[4] == "scram-sha-256"
-               for rule in rules)
+    assert sorted((rule[1], rule[2], rule[3]) for rule in rules) == sorted(
+        (name, name, f"{address_of(a)}/32") for a in APPS for name in ("fastpg", "ledger"))
+    assert all(rule[0] == "hostssl" and rule[4] == "scram-sha-256" for rule in rules)
 
 
 def test_apps_connect_over_tls_only(host):
@@ -112,6 +112,61 @@ def test_host_var_beats_group_var_beats_role_default(app, size):
     assert "MAX_OVERFLOW = 30\n" in content
 
 
+# --- A second app beside the default one (fastpg_apps in molecule.yml) -----------------------
+
+LEDGER_TOKEN = "ledger-token-8Hq2"
+
+
+def ledger(app, path):
+    return json.loads(remote(app).check_output("python3 -c %s", HEALTH.replace("8000", "8001") % path))
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_second_app_serves_on_its_own_port_with_its_own_pool(app):
+    assert ledger(app, "health")["body"]["database"] == "connected"
+    stats = ledger(app, "pool-stats")["body"]
+    assert (stats["pool_size"], stats["max_overflow"]) == (2, 2)
+    node = remote(app)
+    service = node.service("ledger")
+    assert service.is_running and service.is_enabled
+    assert node.check_output("systemctl show -p User --value ledger") == "ledger"
+    assert node.check_output("systemctl show -p WorkingDirectory --value ledger") == "/opt/ledger/current/app"
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_second_app_has_its_own_user_and_environment_file(app):
+    env = remote(app).file("/opt/ledger/current/app.env")
+    assert (env.user, env.group, env.mode) == ("ledger", "ledger", 0o600)
+    content = env.content_string
+    assert "APP_MODE=" in content and "ledger" in content.split("APP_MODE=")[1].splitlines()[0]
+    assert LEDGER_TOKEN in content
+    assert "DATABASE_URL=\"postgresql+asyncpg://ledger:" in content and "@fastpg-db:5432/ledger\"" in content
+    # The default app's file has none of it.
+    assert LEDGER_TOKEN not in remote(app).file("/opt/fastapi-app/current/app.env").content_string
+
+
+def test_second_app_connects_as_its_own_role_to_its_own_database(host):
+    q = ("SELECT DISTINCT usename || '@' || datname FROM pg_stat_activity "
+         "WHERE usename IN ('fastpg', 'ledger') ORDER BY 1")
+    assert host.check_output("runuser -u postgres -- psql -XAtq -c %s", q).split() == [
+        "fastpg@fastpg", "ledger@ledger"]
+
+
+def test_second_app_login_is_refused_by_the_default_apps_database():
+    out = remote("fastpg-app1").run(
+        "/opt/ledger/current/venv/bin/python -c %s",
+        "import asyncio,asyncpg\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await asyncpg.connect(host='fastpg-db', user='ledger', database='fastpg', password='x',"
+        " ssl='require')\n"
+        "    except Exception as e:\n"
+        "        print(type(e).__name__, e)\n"
+        "asyncio.run(main())",
+    )
+    assert "no pg_hba.conf entry" in out.stdout and 'database "fastpg"' in out.stdout, out.stdout + out.stderr
+
+
 CREATE_USER = (
     "import json,sys,urllib.request;"
     "req=urllib.request.Request('http://127.0.0.1:8000/users/',method='POST',"
@@ -155,7 +210,12 @@ NOTES_VARS = {
 }
 
 
-def playbook(name, extra):
+def playbook(name, app_vars=None, extra=None):
+    """Runs a playbook of the collection. app_vars are the default app's, given as the app hosts'
+    group variables in a second inventory source: as extra vars (-e) they would outrank every
+    play's values and reach the second app too."""
+    import tempfile
+
     env = dict(os.environ, ANSIBLE_NOCOLOR="1")
     eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
     if eph and (Path(eph) / "ansible.cfg").exists():
@@ -163,8 +223,11 @@ def playbook(name, extra):
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(ROOT / "collections"))
     env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
     exe = Path(sys.executable).parent / "ansible-playbook"
-    done = subprocess.run([str(exe), "-i", INVENTORY, name, "-e", json.dumps(extra)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as overlay:
+        json.dump({"all": {"children": {"appservers": {"vars": app_vars or {}}}}}, overlay)
+        overlay.flush()
+        done = subprocess.run([str(exe), "-i", INVENTORY, "-i", overlay.name, name, "-e", json.dumps(extra or {})],
+                              env=env, capture_output=True, text=True, timeout=900)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -200,7 +263,19 @@ def test_own_app_is_configured_by_environment_variables_only(notes_deployed):
         env = remote(app).file("/opt/fastapi-app/current/app.env")
         assert (env.user, env.mode) == ("fastapi", 0o600)
         assert "DATABASE_URL=\"postgresql+psycopg://fastpg:" in env.content_string
-    assert NOTES_SECRET not in notes_deployed
+    assert NOTES_SECRET not in notes_deployed and LEDGER_TOKEN not in notes_deployed
+
+
+def test_second_app_serves_beside_the_own_app(notes_deployed):
+    for app in APPS:
+        assert get(app, "/healthz")["body"] == {"ok": True}
+        assert ledger(app, "health")["body"]["database"] == "connected"
+
+
+def test_rollback_names_the_apps_it_accepts():
+    rc, out = playbook("fastpg.stack.rollback", extra={"fastpg_rollback_app": "nope"})
+    assert rc != 0
+    assert "fastpg_rollback_app is nope; accepted on fastpg-app1: fastapi-app, ledger" in re.sub(r"\s+", " ", out)
 
 
 def test_own_app_installs_from_pyproject(notes_deployed):
@@ -240,7 +315,7 @@ def test_a_release_that_fails_stops_the_rollout_before_the_next_host(tmp_path):
 
 
 def test_back_to_the_reference_app():
-    rc, out = playbook("fastpg.stack.app", {})
+    rc, out = playbook("fastpg.stack.app")
     assert rc == 0, out[-4000:]
     for app in APPS:
         assert get(app, "/health")["body"]["database"] == "connected"

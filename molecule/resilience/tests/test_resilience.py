@@ -555,7 +555,10 @@ def test_app_secret_is_in_no_world_readable_file_and_on_no_command_line(host):
     # As a pattern that does not spell the secret: the argv sampler would record it.
     pattern = APP_SECRET[:-1] + "[" + APP_SECRET[-1] + "]"
     found = host.run(f"grep -rls -- '{pattern}' /etc /opt /var /tmp /root /home /run /srv /usr/local")
-    for path in found.stdout.split():
+    paths = found.stdout.split()
+    # The search must find the secret where it belongs, or it proves nothing about the rest.
+    assert host.check_output("realpath /opt/fastapi-app/current/app.env") in paths, paths
+    for path in paths:
         mode = host.file(path).mode
         assert not mode & 0o004, f"{path} is world-readable ({oct(mode)}) and holds the app's secret"
         assert host.file(path).user in ("fastapi", "root")
