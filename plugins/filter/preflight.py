@@ -182,7 +182,7 @@ def _password(where, password):
             f"ansible-vault (see inventories/production.example/group_vars/all/vault.yml)."]
 
 
-def _apps(host, hv, spec, defaults, sources, passwords):
+def _apps(host, hv, spec, defaults, sources, passwords, owners):
     """The entries of fastpg_apps: each checked as the default app is, under its own name, and
     none sharing a name, port, user or directory with another app of the host."""
     entries = _get(hv, "fastpg_apps", []) or []
@@ -232,6 +232,10 @@ def _apps(host, hv, spec, defaults, sources, passwords):
         if passwords.setdefault(login, app["db_password"]) != app["db_password"]:
             errors.append(f"{label} on {host}: the login role {login} has another password in another entry; "
                           f"accepted: one password per db_user.")
+        owner = owners.setdefault(app["db_name"], login)
+        if owner != login:
+            errors.append(f"{label} on {host}: the database {app['db_name']} belongs to the login role {owner} "
+                          f"of another app; accepted: a db_name of its own, or that app's db_user too.")
     return errors
 
 
@@ -246,7 +250,7 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
     # The stack sets these role inputs itself (and refuses them from the inventory above).
     specs = {tier: {k: v for k, v in options.items() if k not in stack["renamed"]} for tier, options in specs.items()}
     errors = []
-    sources, passwords = {}, {}
+    sources, passwords, owners = {}, {}, {}
     for host in hosts:
         is_app, is_db = host in apps, host in dbs
         if not (is_app or is_db):
@@ -258,7 +262,8 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
         errors += _validate(host, stack["options"], hv)
         if is_app:
             errors += _app_checks(host, hv, specs["app"], defaults["app"], sources)
-            errors += _apps(host, hv, specs["app"], defaults["app"], sources, passwords)
+            owners.setdefault(str(_get(hv, "fastpg_db_name", "fastpg")), str(_get(hv, "fastpg_db_user", "fastpg")))
+            errors += _apps(host, hv, specs["app"], defaults["app"], sources, passwords, owners)
         if is_db:
             errors += _validate(host, specs["db"], hv)
             errors += _ranges(host, hv, DB_RANGES, defaults["db"])

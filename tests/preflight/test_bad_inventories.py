@@ -154,6 +154,9 @@ CASES = {
     "an app beside the default one with a name no service can have": (
         apps(fastpg_apps=[{"name": "Notes App", "port": 8001, "db_password": "notes-long-secret"}]),
         r"fastpg_apps\[Notes App\] on app1: the name 'Notes App' is no service and user name"),
+    "an app beside the default one in the default app's database": (
+        apps(fastpg_apps=[{"name": "notes", "port": 8001, "db_password": "notes-long-secret", "db_name": "fastpg"}]),
+        r"fastpg_apps\[notes\] on app1: the database fastpg belongs to the login role fastpg of another app"),
     "apps beside the default one over the budget": (
         apps(fastpg_apps=[{"name": "notes", "port": 8001, "db_password": "notes-long-secret"}]),
         r"app1\s+notes\s+db1\s+2\s+20\s+30\s+100\s+40 .*db1: 400 app peak .* OVER by 113"),

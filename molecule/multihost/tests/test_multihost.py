@@ -39,7 +39,7 @@ def test_pg_hba_admits_the_app_hosts_only_each_app_to_its_own_database(host):
     hba = host.file("/etc/postgresql/17/main/pg_hba.conf").content_string
     rules = [line.split() for line in hba.splitlines() if line.startswith("host")]
     assert sorted((rule[1], rule[2], rule[3]) for rule in rules) == sorted(
-        (name, name, f"{address_of(a)}/32") for a in APPS for name in ("fastpg", "ledger"))
+        (name, name, f"{address_of(a)}/32") for a in APPS for name in ("fastpg", "notes"))
     assert all(rule[0] == "hostssl" and rule[4] == "scram-sha-256" for rule in rules)
 
 
@@ -112,61 +112,6 @@ def test_host_var_beats_group_var_beats_role_default(app, size):
     assert "MAX_OVERFLOW = 30\n" in content
 
 
-# --- A second app beside the default one (fastpg_apps in molecule.yml) -----------------------
-
-LEDGER_TOKEN = "ledger-token-8Hq2"
-
-
-def ledger(app, path):
-    return json.loads(remote(app).check_output("python3 -c %s", HEALTH.replace("8000", "8001") % path))
-
-
-@pytest.mark.parametrize("app", sorted(APPS))
-def test_second_app_serves_on_its_own_port_with_its_own_pool(app):
-    assert ledger(app, "health")["body"]["database"] == "connected"
-    stats = ledger(app, "pool-stats")["body"]
-    assert (stats["pool_size"], stats["max_overflow"]) == (2, 2)
-    node = remote(app)
-    service = node.service("ledger")
-    assert service.is_running and service.is_enabled
-    assert node.check_output("systemctl show -p User --value ledger") == "ledger"
-    assert node.check_output("systemctl show -p WorkingDirectory --value ledger") == "/opt/ledger/current/app"
-
-
-@pytest.mark.parametrize("app", sorted(APPS))
-def test_second_app_has_its_own_user_and_environment_file(app):
-    env = remote(app).file("/opt/ledger/current/app.env")
-    assert (env.user, env.group, env.mode) == ("ledger", "ledger", 0o600)
-    content = env.content_string
-    assert "APP_MODE=" in content and "ledger" in content.split("APP_MODE=")[1].splitlines()[0]
-    assert LEDGER_TOKEN in content
-    assert "DATABASE_URL=\"postgresql+asyncpg://ledger:" in content and "@fastpg-db:5432/ledger\"" in content
-    # The default app's file has none of it.
-    assert LEDGER_TOKEN not in remote(app).file("/opt/fastapi-app/current/app.env").content_string
-
-
-def test_second_app_connects_as_its_own_role_to_its_own_database(host):
-    q = ("SELECT DISTINCT usename || '@' || datname FROM pg_stat_activity "
-         "WHERE usename IN ('fastpg', 'ledger') ORDER BY 1")
-    assert host.check_output("runuser -u postgres -- psql -XAtq -c %s", q).split() == [
-        "fastpg@fastpg", "ledger@ledger"]
-
-
-def test_second_app_login_is_refused_by_the_default_apps_database():
-    out = remote("fastpg-app1").run(
-        "/opt/ledger/current/venv/bin/python -c %s",
-        "import asyncio,asyncpg\n"
-        "async def main():\n"
-        "    try:\n"
-        "        await asyncpg.connect(host='fastpg-db', user='ledger', database='fastpg', password='x',"
-        " ssl='require')\n"
-        "    except Exception as e:\n"
-        "        print(type(e).__name__, e)\n"
-        "asyncio.run(main())",
-    )
-    assert "no pg_hba.conf entry" in out.stdout and 'database "fastpg"' in out.stdout, out.stdout + out.stderr
-
-
 CREATE_USER = (
     "import json,sys,urllib.request;"
     "req=urllib.request.Request('http://127.0.0.1:8000/users/',method='POST',"
@@ -186,36 +131,122 @@ def test_a_user_created_on_one_app_host_is_read_on_the_other():
     assert fetched["body"]["username"] == name
 
 
-# --- A user's own app: not the reference app ------------------------------------------------
+# --- A second app beside the default one: a user's own app (fastpg_apps in molecule.yml) ---
 
+import hashlib  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 NOTES = ROOT / "tests" / "apps" / "notes"
 NOTES_SECRET = "notes-secret-key-9Zk4"
-NOTES_VARS = {
-    "fastapi_app_source": str(NOTES),
-    "fastapi_app_source_subdir": "backend",
-    "fastapi_app_module": "app.main:app",
-    "fastapi_app_database_module": "app/database.py",
-    "fastapi_app_health_path": "/healthz",
-    "fastapi_app_database_url_driver": "psycopg",
-    "fastapi_app_database_env": {"name": "NOTES_DB_NAME"},
-    "fastapi_app_environment": {"NOTES_GREETING": "hello from fastpg"},
-    "fastapi_app_secret_environment": {"NOTES_SECRET_KEY": NOTES_SECRET},
-    "fastapi_app_pre_start": ["alembic upgrade head", "python -m app.seed"],
-}
+
+
+def notes_entry():
+    """The notes entry of the inventory, as the app hosts have it."""
+    exe = Path(sys.executable).parent / "ansible-inventory"
+    out = subprocess.run([str(exe), "-i", INVENTORY, "--host", "fastpg-app1"], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)["fastpg_apps"][0]
+
+
+def get(app, path, port=8001):
+    url = HEALTH.replace("8000/%s", f"{port}%s") % path
+    return json.loads(remote(app).check_output("python3 -c %s", url))
+
+
+def current(app):
+    return remote(app).check_output("readlink /opt/notes/current")
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_own_app_serves_from_its_subdirectory_with_its_own_health_path(app):
+    assert get(app, "/healthz") == {"status": 200, "body": {"ok": True}}
+    root = remote(app).check_output("ls /opt/notes/current/app").split()
+    assert "pyproject.toml" in root and "frontend" not in root and "backend" not in root
+    # Beside it, the default app on its own port.
+    assert get(app, "/health", 8000)["body"]["database"] == "connected"
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_own_app_runs_as_its_own_service_and_user_with_its_own_pool(app):
+    node = remote(app)
+    assert node.service("notes").is_running and node.service("notes").is_enabled
+    assert node.check_output("systemctl show -p User --value notes") == "notes"
+    assert node.check_output("systemctl show -p WorkingDirectory --value notes") == "/opt/notes/current/app"
+    database_py = node.file("/opt/notes/current/app/app/database.py").content_string
+    assert "POOL_SIZE = 2\n" in database_py and "MAX_OVERFLOW = 2\n" in database_py
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_own_app_is_configured_by_environment_variables_only(app):
+    digest = hashlib.sha256(NOTES_SECRET.encode()).hexdigest()[:12]
+    assert get(app, "/greeting")["body"] == {
+        "greeting": "hello from fastpg", "database": "notes", "secret_sha256_12": digest}
+    env = remote(app).file("/opt/notes/current/app.env")
+    assert (env.user, env.group, env.mode) == ("notes", "notes", 0o600)
+    assert "DATABASE_URL=\"postgresql+psycopg://notes:" in env.content_string
+    assert "@fastpg-db:5432/notes\"" in env.content_string
+    # The default app's file has none of it.
+    assert NOTES_SECRET not in remote(app).file("/opt/fastapi-app/current/app.env").content_string
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_own_app_installs_from_pyproject(app):
+    reqs = remote(app).file("/opt/notes/current/requirements.txt").content_string
+    assert "# From the app (pyproject.toml)." in reqs and "psycopg[binary]==3.3.9" in reqs
+    assert remote(app).run("/opt/notes/current/venv/bin/python -c 'import psycopg'").rc == 0
+
+
+def pre_start_units(app):
+    """The transient units the pre-start commands ran in (systemd-run), from the journal."""
+    out = remote(app).run("journalctl --no-pager -o short-unix -g %s", r"Started run-.* notes pre-start: ").stdout
+    return [(float(line.split()[0]), line.split(" notes pre-start: ")[1].rstrip(".")) for line in out.splitlines()
+            if " notes pre-start: " in line]
+
+
+def test_pre_start_ran_once_on_the_first_host_before_any_switch(host):
+    ran = pre_start_units("fastpg-app1")
+    assert [command for _, command in ran] == ["alembic upgrade head", "python -m app.seed"], ran
+    assert pre_start_units("fastpg-app2") == []
+    # Before the first host's notes service first started.
+    started = remote("fastpg-app1").check_output(
+        "journalctl --no-pager -o short-unix -u notes.service -g %s", "^Started")
+    assert ran[-1][0] < float(started.splitlines()[0].split()[0])
+    # Its migrations (in their own version table) and initial data are in its database.
+    assert get("fastpg-app2", "/notes")["body"] == [{"id": 1, "text": "welcome"}]
+    tables = host.check_output("runuser -u postgres -- psql -XAtq -d notes -c %s",
+                               "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables "
+                               "WHERE schemaname = 'public'")
+    assert tables == "notes,notes_alembic_version"
+
+
+def test_each_app_connects_as_its_own_role_to_its_own_database(host):
+    q = ("SELECT DISTINCT usename || '@' || datname FROM pg_stat_activity "
+         "WHERE usename IN ('fastpg', 'notes') ORDER BY 1")
+    assert host.check_output("runuser -u postgres -- psql -XAtq -c %s", q).split() == ["fastpg@fastpg", "notes@notes"]
+
+
+def test_own_app_login_is_refused_by_the_default_apps_database():
+    out = remote("fastpg-app1").run(
+        "/opt/notes/current/venv/bin/python -c %s",
+        "import psycopg\n"
+        "try:\n"
+        "    psycopg.connect(host='fastpg-db', user='notes', dbname='fastpg', password='x', sslmode='require')\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n",
+    )
+    assert "no pg_hba.conf entry" in out.stdout and 'database "fastpg"' in out.stdout, out.stdout + out.stderr
 
 
 def playbook(name, app_vars=None, extra=None):
-    """Runs a playbook of the collection. app_vars are the default app's, given as the app hosts'
-    group variables in a second inventory source: as extra vars (-e) they would outrank every
-    play's values and reach the second app too."""
-    import tempfile
-
+    """Runs a playbook of the collection. app_vars are given as the app hosts' variables in a
+    second inventory source (above the scenario's group_vars): as extra vars (-e) they would
+    outrank every play's values and reach every app of the host."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1")
     eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
     if eph and (Path(eph) / "ansible.cfg").exists():
@@ -224,84 +255,27 @@ def playbook(name, app_vars=None, extra=None):
     env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
     exe = Path(sys.executable).parent / "ansible-playbook"
     with tempfile.NamedTemporaryFile("w", suffix=".yml") as overlay:
-        json.dump({"all": {"children": {"appservers": {"vars": app_vars or {}}}}}, overlay)
+        json.dump({"all": {"children": {"appservers": {"hosts": {app: app_vars or {} for app in APPS}}}}}, overlay)
         overlay.flush()
         done = subprocess.run([str(exe), "-i", INVENTORY, "-i", overlay.name, name, "-e", json.dumps(extra or {})],
                               env=env, capture_output=True, text=True, timeout=900)
     return done.returncode, done.stdout + done.stderr
 
 
-def get(app, path):
-    return json.loads(remote(app).check_output("python3 -c %s", HEALTH.replace("8000/%s", "8000%s") % path))
-
-
-def current(app):
-    return remote(app).check_output("readlink /opt/fastapi-app/current")
-
-
-@pytest.fixture(scope="module")
-def notes_deployed():
-    rc, out = playbook("fastpg.stack.site", NOTES_VARS)
-    assert rc == 0, out[-4000:]
-    return out
-
-
-def test_own_app_serves_from_its_subdirectory_with_its_own_health_path(notes_deployed):
-    for app in APPS:
-        assert get(app, "/healthz") == {"status": 200, "body": {"ok": True}}
-        root = remote(app).check_output("ls /opt/fastapi-app/current/app").split()
-        assert "pyproject.toml" in root and "frontend" not in root and "backend" not in root
-
-
-def test_own_app_is_configured_by_environment_variables_only(notes_deployed):
-    import hashlib
-
-    digest = hashlib.sha256(NOTES_SECRET.encode()).hexdigest()[:12]
-    for app in APPS:
-        assert get(app, "/greeting")["body"] == {
-            "greeting": "hello from fastpg", "database": "fastpg", "secret_sha256_12": digest}
-        env = remote(app).file("/opt/fastapi-app/current/app.env")
-        assert (env.user, env.mode) == ("fastapi", 0o600)
-        assert "DATABASE_URL=\"postgresql+psycopg://fastpg:" in env.content_string
-    assert NOTES_SECRET not in notes_deployed and LEDGER_TOKEN not in notes_deployed
-
-
-def test_second_app_serves_beside_the_own_app(notes_deployed):
-    for app in APPS:
-        assert get(app, "/healthz")["body"] == {"ok": True}
-        assert ledger(app, "health")["body"]["database"] == "connected"
-
-
 def test_rollback_names_the_apps_it_accepts():
     rc, out = playbook("fastpg.stack.rollback", extra={"fastpg_rollback_app": "nope"})
     assert rc != 0
-    assert "fastpg_rollback_app is nope; accepted on fastpg-app1: fastapi-app, ledger" in re.sub(r"\s+", " ", out)
-
-
-def test_own_app_installs_from_pyproject(notes_deployed):
-    for app in APPS:
-        reqs = remote(app).file("/opt/fastapi-app/current/requirements.txt").content_string
-        assert "# From the app (pyproject.toml)." in reqs and "psycopg[binary]==3.3.9" in reqs
-        assert remote(app).run("/opt/fastapi-app/current/venv/bin/python -c 'import psycopg'").rc == 0
-
-
-def test_pre_start_ran_once_on_the_first_host_before_any_switch(notes_deployed):
-    ran = re.findall(r"^changed: \[(fastpg-app\d)\] => \(item=([^/].+?)\)", notes_deployed, re.M)
-    assert ran == [("fastpg-app1", "alembic upgrade head"), ("fastpg-app1", "python -m app.seed")], ran
-    # Its migrations (in their own version table) and initial data are in the database.
-    assert get("fastpg-app2", "/notes")["body"] == [{"id": 1, "text": "welcome"}]
+    assert "fastpg_rollback_app is nope; accepted on fastpg-app1: fastapi-app, notes" in re.sub(r"\s+", " ", out)
 
 
 def test_a_release_that_fails_stops_the_rollout_before_the_next_host(tmp_path):
-    import shutil
-
     broken = tmp_path / "notes"
     shutil.copytree(NOTES, broken)
     main = broken / "backend" / "app" / "main.py"
     main.write_text(main.read_text().replace("from app import config", "from app import settings"))
     before = {app: current(app) for app in APPS}
     # The application tier's own playbook: a deploy that changes only the app.
-    rc, out = playbook("fastpg.stack.app", dict(NOTES_VARS, fastapi_app_source=str(broken)))
+    rc, out = playbook("fastpg.stack.app", {"fastpg_apps": [dict(notes_entry(), source=str(broken))]})
     flat = re.sub(r"\s+", " ", out)
     print(re.search(r"Release \w+ failed its trial on fastpg-app1.{0,400}", flat)[0])
     assert rc != 0
@@ -312,10 +286,5 @@ def test_a_release_that_fails_stops_the_rollout_before_the_next_host(tmp_path):
     assert not re.search(r"^(changed|ok): \[fastpg-app2\]", out.split("PLAY [Application tier")[-1], re.M)
     for app in APPS:
         assert get(app, "/healthz")["status"] == 200
-
-
-def test_back_to_the_reference_app():
-    rc, out = playbook("fastpg.stack.app")
-    assert rc == 0, out[-4000:]
-    for app in APPS:
-        assert get(app, "/health")["body"]["database"] == "connected"
+    # The run staged the app's environment file with its secret, and did not print it.
+    assert NOTES_SECRET not in out and "multihost-notes-secret" not in out
