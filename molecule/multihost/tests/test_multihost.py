@@ -197,7 +197,7 @@ def test_own_app_is_configured_by_environment_variables_only(app):
 
 @pytest.mark.parametrize("app", sorted(APPS))
 def test_own_app_installs_from_pyproject(app):
-    reqs = remote(app).file("/opt/notes/current/requirements.txt").content_string
+    reqs = remote(app).file("/opt/notes/current/venv/fastpg-requirements.txt").content_string
     assert "# From the app (pyproject.toml)." in reqs and "psycopg[binary]==3.3.9" in reqs
     assert remote(app).run("/opt/notes/current/venv/bin/python -c 'import psycopg'").rc == 0
 

@@ -497,6 +497,28 @@ def test_a_release_that_fails_once_serving_is_rolled_back_within_seconds(host, t
     assert http_get(host, "/health")[0] == 200
 
 
+def test_a_first_release_that_fails_is_stopped_and_the_next_deploy_serves(host, tmp_path, v2):
+    # Without `current` the next release is the host's first: nothing serves to protect, so it
+    # is not tried apart but checked as the service, and stopped with its socket when it fails.
+    serving = release(host)
+    host.check_output("rm /opt/fastapi-app/current")
+    broken = app_copy(tmp_path, "first", lambda t: "import fastpg_no_such_module  # noqa\n" + t)
+    rc, out = playbook("-e", json.dumps(dict(ENV_VARS, fastapi_app_source=str(broken), fastapi_app_health_timeout=5)),
+                       "--limit", "fastpg-resilience", site=DEPLOY)
+    flat = re.sub(r"\s+", " ", out)
+    print(f"first release that fails: {last_failure(flat)}")
+    assert rc != 0
+    assert "There was no release to go back to: the service and its socket are stopped." in flat
+    assert "ModuleNotFoundError: No module named 'fastpg_no_such_module'" in out
+    assert "TASK [fastpg.stack.fastapi_app : Trial |" not in out
+    assert host.run("systemctl is-active --quiet fastapi-app.socket fastapi-app.service").rc != 0
+    # The release that served before comes back by its content: its directory is reused.
+    rc, out = playbook("-e", json.dumps(dict(ENV_VARS, fastapi_app_source=str(v2))), "--limit", "fastpg-resilience",
+                       site=DEPLOY)
+    assert rc == 0, out[-3000:]
+    assert release(host) == serving and http_get(host, "/version")[0] == 200
+
+
 SUDO_PASSWORD = "deploy-sudo-pass-31x"
 
 
