@@ -568,6 +568,16 @@ def test_deploy_over_ssh_by_a_user_whose_sudo_asks_for_a_password(host, v2, tmp_
     host.check_output("systemctl stop ssh")
 
 
+def test_only_the_kept_releases_and_their_virtualenvs_remain(host):
+    # The drills made more releases than fastapi_app_keep_releases (5): each new one prunes.
+    releases = host.check_output("ls /opt/fastapi-app/releases").split()
+    assert len(releases) == 5, releases
+    assert {release(host), release(host, "previous")} <= set(releases)
+    used = {host.check_output(f"readlink /opt/fastapi-app/releases/{r}/venv") for r in releases}
+    venvs = set(host.check_output("find /opt/fastapi-app/venvs -mindepth 1 -maxdepth 1 -type d").split())
+    assert venvs == used and all(host.file(f"{v}.txt").exists for v in venvs)
+
+
 def test_app_secret_is_in_no_world_readable_file_and_on_no_command_line(host):
     # As a pattern that does not spell the secret: the argv sampler would record it.
     pattern = APP_SECRET[:-1] + "[" + APP_SECRET[-1] + "]"
