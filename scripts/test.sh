@@ -75,9 +75,11 @@ stage "inventories and syntax" check_syntax
 stage "README variables" python scripts/gen-vars-doc.py --check
 stage "changelog fragments" antsibull-changelog lint
 stage "app pytest" "$APP_VENV/bin/python" -m pytest -c tests/app/pytest.ini tests/app
-stage "preflight tests" python -m pytest -q -p no:cacheprovider tests/preflight
+# One ansible-playbook per preflight case, one new container per local test file: each worker
+# takes its own (pytest-xdist), so the cores share them.
+stage "preflight tests" python -m pytest -q -p no:cacheprovider -n auto tests/preflight
 stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix
-stage "local target (up.sh, roles alone)" python -m pytest -q -p no:cacheprovider tests/local
+stage "local target (up.sh, roles alone)" python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/local
 stage "molecule default" molecule test --scenario-name default
 stage "molecule multihost" molecule test --scenario-name multihost
 stage "molecule pgdg-mirror" molecule test --scenario-name pgdg-mirror
