@@ -84,6 +84,7 @@ stage "molecule default" molecule test --scenario-name default
 stage "molecule multihost" molecule test --scenario-name multihost
 stage "molecule pgdg-mirror" molecule test --scenario-name pgdg-mirror
 stage "molecule resilience" molecule test --scenario-name resilience
+stage "molecule backups" molecule test --scenario-name backups
 
 # Platforms that need a registry image and PGDG: the platform scenario, once per image named.
 for platform in DEBIAN12 UBUNTU2204 UBUNTU2404 ROCKY9 ALMA9; do

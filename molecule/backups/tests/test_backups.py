@@ -1,0 +1,128 @@
+"""Backups with pgBackRest: the timer, a point-in-time restore, a lost data directory, refusals."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+testinfra_hosts = ["ansible://fastpg-backups"]
+
+HOST = "fastpg-backups"
+RESTORE = "fastpg.stack.restore"
+DATA = "/var/lib/postgresql/17/main"
+
+
+def playbook(*args, site=RESTORE):
+    exe = Path(sys.executable).parent / "ansible-playbook"
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1")
+    eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if eph and (Path(eph) / "ansible.cfg").exists():
+        env["ANSIBLE_CONFIG"] = str(Path(eph) / "ansible.cfg")
+    env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
+    start = time.monotonic()
+    done = subprocess.run([str(exe if exe.exists() else shutil.which("ansible-playbook")),
+                           "-i", os.environ["MOLECULE_INVENTORY_FILE"], site, *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
+
+
+def sql(host, query):
+    return host.check_output("runuser -u postgres -- psql -XAtq -d fastpg -c %s", query)
+
+
+def info(host):
+    return json.loads(host.check_output("runuser -u postgres -- pgbackrest --stanza=main info --output=json"))[0]
+
+
+def health(host):
+    return host.check_output("python3 -c %s", "import urllib.request;print(urllib.request.urlopen("
+                             "'http://127.0.0.1:8000/health', timeout=10).read().decode())")
+
+
+def test_the_repository_is_encrypted_and_its_key_kept_from_others(host):
+    conf = host.file("/etc/pgbackrest/pgbackrest.conf")
+    assert (conf.user, conf.group, conf.mode) == ("root", "postgres", 0o640)
+    assert info(host)["cipher"] == "aes-256-cbc"
+
+
+def test_a_timer_takes_a_backup_on_its_schedule(host):
+    # The diff timer fires every minute here: wait for a run the timer started.
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        triggered = host.check_output("systemctl show -P LastTriggerUSecMonotonic fastpg-backup-diff.timer")
+        if triggered not in ("", "0"):
+            break
+        time.sleep(3)
+    assert triggered not in ("", "0"), "the diff timer never fired"
+    while host.check_output("systemctl show -P ActiveState fastpg-backup@diff.service") == "activating":
+        time.sleep(1)
+    assert host.check_output("systemctl show -P Result fastpg-backup@diff.service") == "success"
+    kinds = [b["type"] for b in info(host)["backup"]]
+    print(f"backups after the timer fired: {kinds}")
+    assert kinds[0] == "full" and "diff" in kinds
+
+
+def test_refusals_change_nothing(host):
+    before = (host.check_output(f"stat -c %i {DATA}"), host.check_output("systemctl is-active fastapi-app"))
+    cases = {
+        "no confirmation": ([], "Confirm with -e fastpg_restore_confirm=fastpg-backups"),
+        "a target before the first backup": (["-e", f"fastpg_restore_confirm={HOST}",
+                                              "-e", "pgbackrest_restore_target='2020-01-01 00:00:00+00:00'"],
+                                             "is not covered: the backups cover"),
+        "a target in no accepted form": (["-e", f"fastpg_restore_confirm={HOST}", "-e", "pgbackrest_restore_target=yesterday"],
+                                         "accepted: empty"),
+    }
+    for name, (args, message) in cases.items():
+        rc, out, _ = playbook(*args)
+        flat = re.sub(r"\s+", " ", out)
+        print(f"restore refused ({name}): {flat[flat.find('msg:'):][:200]}")
+        assert rc != 0 and message in flat and "Nothing was changed" in flat
+        assert (host.check_output(f"stat -c %i {DATA}"), host.check_output("systemctl is-active fastapi-app")) == before
+
+
+def test_point_in_time_restore_brings_back_every_row_before_the_target_and_none_after(host):
+    sql(host, "CREATE TABLE drill (n int, at timestamptz DEFAULT clock_timestamp())")
+    sql(host, "INSERT INTO drill (n) SELECT generate_series(1, 1000)")
+    host.check_output("systemctl start fastpg-backup@diff.service")
+    sql(host, "INSERT INTO drill (n) SELECT generate_series(1001, 1500)")
+    time.sleep(1.1)
+    target = sql(host, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00:00'")
+    time.sleep(1.1)
+    sql(host, "INSERT INTO drill (n) SELECT generate_series(1501, 1750)")
+    before_target = int(sql(host, f"SELECT count(*) FROM drill WHERE at <= '{target}'"))
+    sql(host, "DROP TABLE drill")
+    rc, out, took = playbook("-e", f"fastpg_restore_confirm={HOST}", "-e", f"pgbackrest_restore_target='{target}'")
+    assert rc == 0, out[-3000:]
+    count, last = sql(host, "SELECT count(*), max(n) FROM drill").split("|")
+    print(f"point in time: {before_target} rows before the target, {count} back (last n={last}), 250 after it "
+          f"not back; restore {took:.1f} s")
+    assert int(count) == before_target == 1500 and int(last) == 1500
+    assert '"database":"connected"' in health(host)
+    assert re.search(r"The data directory it replaced is at /var/lib/postgresql/before-restore/\S+/17-main",
+                     re.sub(r"\s+", " ", out))
+
+
+def test_a_lost_data_directory_is_restored_with_its_users(host):
+    sql(host, "INSERT INTO users (username, email, hashed_password) "
+              "SELECT 'drill' || g, 'drill' || g || '@example.com', 'x' FROM generate_series(1, 7) g")
+    users = int(sql(host, "SELECT count(*) FROM users"))
+    # Committed and archived (archive_timeout bounds what a lost disk costs; the drill does not wait it out).
+    sql(host, "SELECT pg_switch_wal()")
+    time.sleep(3)
+    host.check_output(f"rm -rf {DATA}")
+    rc, out, took = playbook("-e", f"fastpg_restore_confirm={HOST}")
+    assert rc == 0, out[-3000:]
+    answer = json.loads(health(host))
+    print(f"lost data directory: {users} users before, {answer['total_users']} after; restore {took:.1f} s")
+    assert answer["database"] == "connected" and answer["total_users"] == users
+    host.check_output("runuser -u postgres -- pgbackrest --stanza=main check")
+
+
+def test_a_re_run_after_the_restores_changes_nothing(host):
+    rc, out, _ = playbook(site="fastpg.stack.site")
+    assert rc == 0, out[-3000:]
+    assert re.search(r"fastpg-backups\s*:.*changed=0", out), out.split("PLAY RECAP")[-1]
