@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- BEGIN VARIABLES (scripts/gen-vars-doc.py) -->", "<!-- END VARIABLES -->"
-ROLES = ["postgresql", "fastapi_app"]
+ROLES = ["postgresql", "pgbackrest", "fastapi_app"]
 
 
 def cell(text) -> str:

@@ -82,6 +82,14 @@ build_image() {
   bash "$FASTPG_ROOT/molecule/resources/build-image.sh" "$FASTPG_IMAGE"
 }
 
+# The upgrade scenario's database host: Debian 14 (forky), which ships PostgreSQL 18.
+FASTPG_FORKY_IMAGE=${FASTPG_FORKY_IMAGE:-fastpg/debian:forky}
+export FASTPG_FORKY_IMAGE
+build_forky_image() {
+  log "Debian 14 image $FASTPG_FORKY_IMAGE"
+  bash "$FASTPG_ROOT/molecule/resources/build-image.sh" "$FASTPG_FORKY_IMAGE" forky
+}
+
 # For the scenarios that are not about installing: the image with every tier's packages, and
 # a wheelhouse with the app's wheels for the image's Python, mounted into their containers
 # (pip installs from it with --no-index). Both are made once and kept.

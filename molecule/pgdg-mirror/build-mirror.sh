@@ -2,9 +2,13 @@
 # Builds a PGDG-style apt repository (dists/trixie-pgdg, signed) from Debian 13's own
 # PostgreSQL packages, re-versioned the way PGDG versions them (+pgdg suffix), so the test
 # can tell which repository a package came from. Runs inside the mirror container.
+#   build-mirror.sh [SUITE [LIBRARY...]]   default trixie-pgdg
+# The upgrade scenario serves them to Debian 14 as forky-pgdg, with the Debian 13 libraries they
+# link against that Debian 14 no longer has (PGDG builds against each release's own instead).
 set -euo pipefail
 root=/srv/pgdg
-suite=trixie-pgdg
+suite=${1:-trixie-pgdg}
+shift || true
 [ -f "$root/dists/$suite/InRelease" ] && exit 0
 
 apt-get update -qq
@@ -22,6 +26,10 @@ for deb in ./*.deb; do
   dpkg-deb -b unpacked "$pool/" >/dev/null
   rm -rf unpacked
 done
+if [ $# -gt 0 ]; then
+  mkdir -p "$root/pool/main/libs"
+  (cd "$root/pool/main/libs" && apt-get download -qq "$@")
+fi
 
 cd "$root"
 apt-ftparchive packages pool > "dists/$suite/main/binary-amd64/Packages"

@@ -28,9 +28,16 @@ fi
 root=$(mktemp -d /var/tmp/fastpg-rootfs.XXXXXX)
 trap 'rm -rf "$root"' EXIT
 echo "bootstrapping $suite from $mirror into $root"
+# An older host's debootstrap has no script for a newer suite; testing suites bootstrap like sid.
+script=/usr/share/debootstrap/scripts/$suite
+[ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid
 debootstrap --variant=minbase \
   --include=systemd,systemd-sysv,python3,ca-certificates,sudo,iproute2 \
-  "$suite" "$root" "$mirror" >/dev/null
+  "$suite" "$root" "$mirror" "$script" >/dev/null
+# A testing suite's Release expires within days; the test machines' mirror is a snapshot.
+if [ "$suite" != trixie ]; then
+  echo 'Acquire::Check-Valid-Until "false";' > "$root/etc/apt/apt.conf.d/99fastpg-test-snapshot"
+fi
 # Containers get their own /etc/machine-id at boot; an empty one keeps images reproducible.
 : > "$root/etc/machine-id"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*

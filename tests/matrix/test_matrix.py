@@ -20,6 +20,8 @@ VARIANTS = {
     "debian13-pg16-distro": ("debian13", {"postgresql_version": 16}),
     "debian13-pg18-pgdg": ("debian13", {"postgresql_version": 18, "postgresql_repository": "pgdg"}),
     "debian12-distro": ("debian12", {"postgresql_repository": "distro"}),
+    "debian14-pg18-distro": ("debian14", {"postgresql_version": 18, "postgresql_repository": "distro"}),
+    "debian14-distro": ("debian14", {"postgresql_repository": "distro"}),
     "rocky9-pg16-mirror": ("rocky9", {"postgresql_version": 16,
                                       "postgresql_pgdg_dnf_url": "https://mirror.internal/pgdg/16/el9",
                                       "postgresql_pgdg_dnf_key": "https://mirror.internal/pgdg/key"}),
@@ -52,6 +54,10 @@ EXPECTED = {
                      packages=["postgresql-17", "postgresql-client-17", "python3-psycopg2"]),
     "debian13": dict(repository="distro", service="postgresql@17-main",
                      include_dir="/etc/postgresql/17/main/conf.d", bin_dir="/usr/lib/postgresql/17/bin"),
+    "debian14": dict(repository="pgdg", service="postgresql@17-main", apt_suite="forky-pgdg",
+                     data_dir="/var/lib/postgresql/17/main"),
+    "debian14-pg18-distro": dict(repository="distro", service="postgresql@18-main",
+                                 packages=["postgresql-18", "postgresql-client-18", "python3-psycopg2"]),
     "ubuntu2204": dict(repository="pgdg", apt_suite="jammy-pgdg", repo_file="/etc/apt/sources.list.d/pgdg.sources",
                        app_packages=["python3", "python3-venv", "python3-packaging", "dbus", "rsync"]),
     "ubuntu2404": dict(repository="pgdg", apt_suite="noble-pgdg", repo_packages=["python3-debian", "ca-certificates"]),
@@ -97,6 +103,8 @@ def test_every_platform_resolves(resolved):
                              "Accepted there: 17; set postgresql_repository: pgdg for 16, 17, 18."),
     ("debian12-distro", "postgresql_version 17 is not available from the distro repository on Debian 12. "
                         "Accepted there: 15"),
+    ("debian14-distro", "postgresql_version 17 is not available from the distro repository on Debian 14. "
+                        "Accepted there: 18"),
 ])
 def test_unavailable_version_is_refused(resolved, host, message):
     results, log = resolved

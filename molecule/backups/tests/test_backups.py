@@ -13,6 +13,7 @@ testinfra_hosts = ["ansible://fastpg-backups"]
 
 HOST = "fastpg-backups"
 RESTORE = "fastpg.stack.restore"
+UPGRADE = "fastpg.stack.upgrade"
 DATA = "/var/lib/postgresql/17/main"
 
 
@@ -69,18 +70,24 @@ def test_a_timer_takes_a_backup_on_its_schedule(host):
 def test_refusals_change_nothing(host):
     before = (host.check_output(f"stat -c %i {DATA}"), host.check_output("systemctl is-active fastapi-app"))
     cases = {
-        "no confirmation": ([], "Confirm with -e fastpg_restore_confirm=fastpg-backups"),
-        "a target before the first backup": (["-e", f"fastpg_restore_confirm={HOST}",
-                                              "-e", "pgbackrest_restore_target='2020-01-01 00:00:00+00:00'"],
+        "no confirmation": (RESTORE, [], "Confirm with -e fastpg_restore_confirm=fastpg-backups"),
+        "a target before the first backup": (RESTORE, ["-e", f"fastpg_restore_confirm={HOST}",
+                                                       "-e", "pgbackrest_restore_target='2020-01-01 00:00:00+00:00'"],
                                              "is not covered: the backups cover"),
-        "a target in no accepted form": (["-e", f"fastpg_restore_confirm={HOST}", "-e", "pgbackrest_restore_target=yesterday"],
-                                         "accepted: empty"),
+        "a target in no accepted form": (RESTORE, ["-e", f"fastpg_restore_confirm={HOST}",
+                                                   "-e", "pgbackrest_restore_target=yesterday"], "accepted: empty"),
+        # Debian 13 has no PostgreSQL 18 in its own archive.
+        "an upgrade to a version not installable": (UPGRADE, ["-e", f"fastpg_upgrade_confirm={HOST}",
+                                                              "-e", "fastpg_upgrade_to=18"],
+                                                    "postgresql_version 18 is not available from the distro "
+                                                    "repository on Debian 13. Accepted there: 17"),
     }
-    for name, (args, message) in cases.items():
-        rc, out, _ = playbook(*args)
+    for name, (site, args, message) in cases.items():
+        rc, out, _ = playbook(*args, site=site)
         flat = re.sub(r"\s+", " ", out)
-        print(f"restore refused ({name}): {flat[flat.find('msg:'):][:200]}")
-        assert rc != 0 and message in flat and "Nothing was changed" in flat
+        print(f"refused ({name}): {flat[flat.find('msg:'):][:200]}")
+        assert rc != 0 and message in flat
+        assert site == UPGRADE or "Nothing was changed" in flat
         assert (host.check_output(f"stat -c %i {DATA}"), host.check_output("systemctl is-active fastapi-app")) == before
 
 
