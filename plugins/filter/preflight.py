@@ -4,6 +4,7 @@ One filter call for the whole inventory instead of tasks per host, so that the c
 the number of hosts and not with hosts x tasks (1,000 app hosts check in seconds).
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -239,6 +240,36 @@ def _apps(host, hv, spec, defaults, sources, passwords, owners):
     return errors
 
 
+TLS_FILES = ("pgbackrest_tls_ca_file", "pgbackrest_tls_cert_file", "pgbackrest_tls_key_file")
+
+
+def _backup_host(hostvars, groups):
+    """A backup host (backupservers): one, not a database or app host, every database host backed
+    up to it, and each side's TLS files on the controller."""
+    backup = list(groups.get("backupservers") or [])
+    if not backup:
+        return []
+    errors = []
+    if len(backup) > 1:
+        errors.append(f"backupservers has {len(backup)} hosts ({', '.join(backup)}); accepted: one backup host, "
+                      f"which holds the repository of every database host.")
+    others = [h for h in backup if h in (groups.get("dbservers") or []) or h in (groups.get("appservers") or [])]
+    if others:
+        errors.append(f"{', '.join(others)} is in backupservers and in dbservers or appservers; accepted: a backup "
+                      f"host of its own (a repository on the database host needs no backup host).")
+    for host in groups.get("dbservers") or []:
+        if not _get(hostvars[host], "fastpg_backups", False):
+            errors.append(f"fastpg_backups is false on {host}, but backupservers has {backup[0]}; accepted: "
+                          f"fastpg_backups: true on every database host when there is a backup host.")
+    for host in backup[:1] + list(groups.get("dbservers") or []):
+        for key in TLS_FILES:
+            path = _get(hostvars[host], key, "")
+            if not path or not os.path.isfile(str(path)):
+                errors.append(f"{key} is {path!r} on {host}; accepted: the path on the controller of a PEM file "
+                              f"(with a backup host, pgBackRest's hosts talk over TLS with certificates of one CA).")
+    return errors
+
+
 def preflight(hosts, hostvars, groups, specs, defaults, stack):
     """Every error of the hosts in this run, as messages that name the host, variable and fix.
 
@@ -276,7 +307,7 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
         password = _get(hv, "fastpg_db_password")
         if password is not None:
             errors += _password(f"fastpg_db_password on {host}", password)
-    return errors
+    return errors + _backup_host(hostvars, groups)
 
 
 class FilterModule:

@@ -46,6 +46,13 @@ def no_dbservers(a):
     a["children"]["dbservers"]["hosts"] = None
 
 
+def backup_hosts(*names, **db_values):
+    def change(a):
+        a["children"]["backupservers"] = {"hosts": {n: {"ansible_host": f"fastpg-absent-{n}"} for n in names}}
+        a["children"]["dbservers"]["hosts"]["db1"].update(db_values)
+    return change
+
+
 OLD_UVICORN = str(Path(__file__).resolve().parent / "apps" / "old-uvicorn")
 TRUSTED_HOST = str(Path(__file__).resolve().parent / "apps" / "trusted-host")
 
@@ -160,6 +167,17 @@ CASES = {
     "apps beside the default one over the budget": (
         apps(fastpg_apps=[{"name": "notes", "port": 8001, "db_password": "notes-long-secret"}]),
         r"app1\s+notes\s+db1\s+2\s+20\s+30\s+100\s+40 .*db1: 400 app peak .* OVER by 113"),
+    "two backup hosts": (backup_hosts("backup1", "backup2", fastpg_backups=True),
+                         r"backupservers has 2 hosts \(backup1, backup2\); accepted: one backup host"),
+    "a backup host for a database host without backups": (
+        backup_hosts("backup1"),
+        r"fastpg_backups is false on db1, but backupservers has backup1; accepted: fastpg_backups: true"),
+    "a backup host without its TLS certificate": (
+        backup_hosts("backup1", fastpg_backups=True),
+        r"pgbackrest_tls_ca_file is '' on backup1; accepted: the path on the controller of a PEM file"),
+    "the repository host set by hand": (
+        db(pgbackrest_repo_host="backup.example"),
+        r"db1: pgbackrest_repo_host is set, but site.yml no longer reads it. Set instead: the backupservers group"),
     "no database hosts at all": (no_dbservers, r"fastpg_db_host is 'db1', which is no dbservers host.*"
                                                r"none: the dbservers group is empty"),
 }

@@ -1,4 +1,5 @@
-"""Backups with pgBackRest: the timer, a point-in-time restore, a lost data directory, refusals."""
+"""Backups with pgBackRest to a backup host: the timer, a point-in-time restore, a lost data
+directory, refusals."""
 
 import json
 import os
@@ -9,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import testinfra
+
 testinfra_hosts = ["ansible://fastpg-backups"]
 
 HOST = "fastpg-backups"
+REPO_HOST = "fastpg-backups-repo"
 RESTORE = "fastpg.stack.restore"
 UPGRADE = "fastpg.stack.upgrade"
 DATA = "/var/lib/postgresql/17/main"
@@ -44,24 +48,40 @@ def health(host):
                              "'http://127.0.0.1:8000/health', timeout=10).read().decode())")
 
 
-def test_the_repository_is_encrypted_and_its_key_kept_from_others(host):
-    conf = host.file("/etc/pgbackrest/pgbackrest.conf")
-    assert (conf.user, conf.group, conf.mode) == ("root", "postgres", 0o640)
+def repo_host():
+    return testinfra.get_host(f"ansible://{REPO_HOST}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+def test_the_repository_is_on_the_backup_host_encrypted_and_its_key_kept_from_others(host):
+    repo = repo_host()
+    for side in (host, repo):
+        conf, key = side.file("/etc/pgbackrest/pgbackrest.conf"), side.file("/etc/pgbackrest/tls/host.key")
+        assert (conf.user, conf.group, conf.mode) == ("root", "postgres", 0o640)
+        assert (key.user, key.group, key.mode) == ("root", "postgres", 0o640)
+        assert side.service("pgbackrest").is_running
+    # The key is on the backup host only; the database host reaches the repository over TLS.
+    assert "repo1-cipher-pass" in repo.file("/etc/pgbackrest/pgbackrest.conf").content_string
+    assert "repo1-cipher-pass" not in host.file("/etc/pgbackrest/pgbackrest.conf").content_string
+    assert not host.file("/var/lib/pgbackrest/archive").exists
+    assert repo.file("/var/lib/pgbackrest/archive/main").is_directory
     assert info(host)["cipher"] == "aes-256-cbc"
+    # Archiving from the database host reaches the backup host.
+    host.check_output("runuser -u postgres -- pgbackrest --stanza=main check")
 
 
 def test_a_timer_takes_a_backup_on_its_schedule(host):
-    # The diff timer fires every minute here: wait for a run the timer started.
+    # The diff timer, on the backup host, fires every minute here: wait for a run it started.
+    repo = repo_host()
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
-        triggered = host.check_output("systemctl show -P LastTriggerUSecMonotonic fastpg-backup-diff.timer")
+        triggered = repo.check_output("systemctl show -P LastTriggerUSecMonotonic fastpg-backup-diff.timer")
         if triggered not in ("", "0"):
             break
         time.sleep(3)
     assert triggered not in ("", "0"), "the diff timer never fired"
-    while host.check_output("systemctl show -P ActiveState fastpg-backup@diff.service") == "activating":
+    while repo.check_output("systemctl show -P ActiveState fastpg-backup@diff.service") == "activating":
         time.sleep(1)
-    assert host.check_output("systemctl show -P Result fastpg-backup@diff.service") == "success"
+    assert repo.check_output("systemctl show -P Result fastpg-backup@diff.service") == "success"
     kinds = [b["type"] for b in info(host)["backup"]]
     print(f"backups after the timer fired: {kinds}")
     assert kinds[0] == "full" and "diff" in kinds
@@ -94,7 +114,7 @@ def test_refusals_change_nothing(host):
 def test_point_in_time_restore_brings_back_every_row_before_the_target_and_none_after(host):
     sql(host, "CREATE TABLE drill (n int, at timestamptz DEFAULT clock_timestamp())")
     sql(host, "INSERT INTO drill (n) SELECT generate_series(1, 1000)")
-    host.check_output("systemctl start fastpg-backup@diff.service")
+    repo_host().check_output("systemctl start fastpg-backup@diff.service")
     sql(host, "INSERT INTO drill (n) SELECT generate_series(1001, 1500)")
     time.sleep(1.1)
     target = sql(host, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00:00'")
@@ -127,9 +147,13 @@ def test_a_lost_data_directory_is_restored_with_its_users(host):
     print(f"lost data directory: {users} users before, {answer['total_users']} after; restore {took:.1f} s")
     assert answer["database"] == "connected" and answer["total_users"] == users
     host.check_output("runuser -u postgres -- pgbackrest --stanza=main check")
+    # The backup host's timers were paused for the restore and run again.
+    assert repo_host().service("fastpg-backup-diff.timer").is_running
 
 
 def test_a_re_run_after_the_restores_changes_nothing(host):
     rc, out, _ = playbook(site="fastpg.stack.site")
     assert rc == 0, out[-3000:]
-    assert re.search(r"fastpg-backups\s*:.*changed=0", out), out.split("PLAY RECAP")[-1]
+    recap = out.split("PLAY RECAP")[-1]
+    for name in (HOST, REPO_HOST):
+        assert re.search(rf"{name}\s*:.*changed=0", recap), recap
