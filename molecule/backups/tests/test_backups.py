@@ -4,13 +4,10 @@ point, a restore that fails, a lost data directory, refusals. test_upgrade.py ru
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import testinfra
+from conftest import playbook
 
 testinfra_hosts = ["ansible://fastpg-backups"]
 
@@ -19,20 +16,6 @@ REPO_HOST = "fastpg-backups-repo"
 APP_HOST = "fastpg-backups-app"
 RESTORE = "fastpg.stack.restore"
 DATA = "/var/lib/postgresql/17/main"
-
-
-def playbook(*args, site=RESTORE):
-    exe = Path(sys.executable).parent / "ansible-playbook"
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1")
-    eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-    if eph and (Path(eph) / "ansible.cfg").exists():
-        env["ANSIBLE_CONFIG"] = str(Path(eph) / "ansible.cfg")
-    env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
-    start = time.monotonic()
-    done = subprocess.run([str(exe if exe.exists() else shutil.which("ansible-playbook")),
-                           "-i", os.environ["MOLECULE_INVENTORY_FILE"], site, *args],
-                          env=env, capture_output=True, text=True, timeout=600)
-    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
 
 
 def sql(host, query):
@@ -107,7 +90,7 @@ def test_refusals_change_nothing(host):
                                                    "-e", "pgbackrest_restore_target=yesterday"], "accepted: empty"),
     }
     for name, (site, args, message) in cases.items():
-        rc, out, _ = playbook(*args, site=site)
+        rc, out, _ = playbook(site, *args)
         flat = re.sub(r"\s+", " ", out)
         print(f"refused ({name}): {flat[flat.find('msg:'):][:200]}")
         assert rc != 0 and message in flat and "Nothing was changed" in flat
@@ -125,7 +108,8 @@ def test_point_in_time_restore_brings_back_every_row_before_the_target_and_none_
     sql(host, "INSERT INTO drill (n) SELECT generate_series(1501, 1750)")
     before_target = int(sql(host, f"SELECT count(*) FROM drill WHERE at <= '{target}'"))
     sql(host, "DROP TABLE drill")
-    rc, out, took = playbook("-e", f"fastpg_restore_confirm={HOST}", "-e", f"pgbackrest_restore_target='{target}'")
+    rc, out, took = playbook(RESTORE, "-e", f"fastpg_restore_confirm={HOST}",
+                             "-e", f"pgbackrest_restore_target='{target}'")
     assert rc == 0, out[-3000:]
     count, last = sql(host, "SELECT count(*), max(n) FROM drill").split("|")
     print(f"point in time: {before_target} rows before the target, {count} back (last n={last}), 250 after it "
@@ -143,7 +127,8 @@ def test_a_named_restore_point_older_than_the_latest_backup(host):
     # A backup after the point: restoring from the latest backup could not go back to it.
     repo_host().check_output("systemctl start fastpg-backup@diff.service")
     sql(host, "DELETE FROM named WHERE n > 100")
-    rc, out, took = playbook("-e", f"fastpg_restore_confirm={HOST}", "-e", "pgbackrest_restore_target=before_the_purge",
+    rc, out, took = playbook(RESTORE, "-e", f"fastpg_restore_confirm={HOST}",
+                             "-e", "pgbackrest_restore_target=before_the_purge",
                              "-e", "pgbackrest_restore_type=name")
     assert rc == 0, out[-3000:]
     count = int(sql(host, "SELECT count(*) FROM named"))
@@ -156,7 +141,8 @@ def test_a_named_restore_point_older_than_the_latest_backup(host):
 def test_a_restore_that_fails_puts_the_data_back(host):
     users = int(sql(host, "SELECT count(*) FROM users"))
     # No such restore point: the recovery ends before its target and the server refuses to start.
-    rc, out, took = playbook("-e", f"fastpg_restore_confirm={HOST}", "-e", "pgbackrest_restore_target=no_such_point",
+    rc, out, took = playbook(RESTORE, "-e", f"fastpg_restore_confirm={HOST}",
+                             "-e", "pgbackrest_restore_target=no_such_point",
                              "-e", "pgbackrest_restore_type=name")
     flat = re.sub(r"\s+", " ", out)
     print(f"failed restore: rc {rc} in {took:.1f} s; {flat[flat.rfind('msg:'):][:400]}")
@@ -178,7 +164,7 @@ def test_a_lost_data_directory_is_restored_with_its_users(host):
     sql(host, "SELECT pg_switch_wal()")
     time.sleep(3)
     host.check_output(f"rm -rf {DATA}")
-    rc, out, took = playbook("-e", f"fastpg_restore_confirm={HOST}")
+    rc, out, took = playbook(RESTORE, "-e", f"fastpg_restore_confirm={HOST}")
     assert rc == 0, out[-3000:]
     answer = json.loads(health(host))
     print(f"lost data directory: {users} users before, {answer['total_users']} after; restore {took:.1f} s")

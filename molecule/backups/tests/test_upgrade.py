@@ -4,13 +4,12 @@ place."""
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import testinfra
+from conftest import playbook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
 from steady_load import SteadyLoad, container_address  # noqa: E402
@@ -28,20 +27,6 @@ def app_host():
 
 def repo_host():
     return testinfra.get_host(f"ansible://{REPO}", ansible_inventory=INVENTORY)
-
-
-def playbook(*args, site=UPGRADE, inventories=()):
-    exe = Path(sys.executable).parent / "ansible-playbook"
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1")
-    eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-    if eph and (Path(eph) / "ansible.cfg").exists():
-        env["ANSIBLE_CONFIG"] = str(Path(eph) / "ansible.cfg")
-    env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
-    sources = [a for inv in (INVENTORY, *inventories) for a in ("-i", str(inv))]
-    start = time.monotonic()
-    done = subprocess.run([str(exe if exe.exists() else shutil.which("ansible-playbook")), *sources, site, *args],
-                          env=env, capture_output=True, text=True, timeout=900)
-    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
 
 
 def sql(host, query, db="fastpg"):
@@ -75,7 +60,7 @@ def test_refusals_change_nothing(host):
                                           "fastpg_upgrade_to is 16; accepted: a major version above"),
     }
     for name, (args, message) in cases.items():
-        rc, out, _ = playbook(*args)
+        rc, out, _ = playbook(UPGRADE, *args)
         flat = re.sub(r"\s+", " ", out)
         print(f"upgrade refused ({name}): {flat[flat.find('msg:'):][:220]}")
         assert rc != 0 and message in flat and "Nothing was changed" in flat
@@ -87,7 +72,7 @@ def upgrade_under_watch():
     """The upgrade, with the controller asking the app for /health meanwhile (the apps are stopped on
     purpose: the failed requests measure how long)."""
     with SteadyLoad(container_address(APP), paths=("/health",), clients=5) as load:
-        rc, out, took = playbook("-e", f"fastpg_upgrade_confirm={DB}", "-e", "fastpg_upgrade_to=18")
+        rc, out, took = playbook(UPGRADE, "-e", f"fastpg_upgrade_confirm={DB}", "-e", "fastpg_upgrade_to=18")
     down = (load.last_failure - load.first_failure) if load.failed else 0.0
     return rc, re.sub(r"\s+", " ", out), took, down, load
 
@@ -157,7 +142,7 @@ def test_the_upgrade_to_18_keeps_every_row_and_the_app(host):
 def test_site_with_postgresql_version_18_changes_nothing(host, tmp_path):
     inventory = tmp_path / "upgraded.yml"
     inventory.write_text(f"dbservers:\n  hosts:\n    {DB}:\n      postgresql_version: 18\n")
-    rc, out, _ = playbook(site="fastpg.stack.site", inventories=[inventory])
+    rc, out, _ = playbook("fastpg.stack.site", inventories=[inventory])
     assert rc == 0, out[-3000:]
     recap = out.split("PLAY RECAP")[-1]
     print(f"\nsite.yml with postgresql_version 18:{recap}")

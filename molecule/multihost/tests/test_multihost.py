@@ -311,3 +311,22 @@ def test_an_upgrade_to_a_version_the_host_cannot_install_changes_nothing(host):
     assert "Stop the apps" not in flat and "Take a full backup" not in flat
     assert host.check_output("stat -c %i /var/lib/postgresql/17/main") == before
     assert not host.exists("/usr/lib/postgresql/18/bin/postgres")
+
+
+def test_a_restore_from_the_hosts_own_repository_brings_every_app_back(host):
+    # The repository on the database host itself: its own timers pause and resume, and the
+    # restored cluster's first backup is taken there.
+    sql = "runuser -u postgres -- psql -XAtq -d fastpg -c %s"
+    host.check_output(sql, "CREATE TABLE restore_marker AS SELECT 42 AS answer")
+    before = len(json.loads(host.check_output(
+        "runuser -u postgres -- pgbackrest --stanza=main info --output=json"))[0]["backup"])
+    rc, out = playbook("fastpg.stack.restore", extra={"fastpg_restore_confirm": "fastpg-db"})
+    flat = " ".join(out.split())
+    assert rc == 0, out[-3000:]
+    assert host.check_output(sql, "SELECT answer FROM restore_marker") == "42"
+    after = json.loads(host.check_output("runuser -u postgres -- pgbackrest --stanza=main info --output=json"))[0]
+    assert len(after["backup"]) == before + 1 and after["backup"][-1]["type"] == "full"
+    assert host.service("fastpg-backup-diff.timer").is_running
+    assert re.search(r"The data directory it replaced is at /var/lib/postgresql/before-restore/\S+/17-main", flat)
+    for app in APPS:
+        assert json.loads(remote(app).check_output("python3 -c %s", HEALTH % "health"))["body"]["database"] == "connected"
