@@ -2,8 +2,8 @@
 # The whole test suite, against the collection as built and installed (scripts/lib.sh's
 # install_collection): lint, the changelog, the reference app's tests against a real PostgreSQL, the
 # preflight's bad-inventory table, scripts/up.sh on the default inventory, and `molecule test`
-# for the scenarios (one host, multihost, the PGDG path, resilience, backups and the upgrade) on
-# systemd containers.
+# for the scenarios (one host, multihost, resilience, and backups: the PGDG path, restores, the
+# upgrade) on systemd containers.
 # On a fresh machine it first installs what it needs (see scripts/lib.sh).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -84,7 +84,6 @@ stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix
 stage "local target (up.sh, roles alone)" python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/local
 stage "molecule default" molecule test --scenario-name default
 stage "molecule multihost" molecule test --scenario-name multihost
-stage "molecule pgdg-mirror" molecule test --scenario-name pgdg-mirror
 stage "molecule resilience" molecule test --scenario-name resilience
 stage "molecule backups" molecule test --scenario-name backups
 

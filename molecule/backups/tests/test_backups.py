@@ -44,6 +44,25 @@ def repo_host():
     return remote(REPO_HOST)
 
 
+def test_the_pgdg_source_is_deb822_with_its_own_key(host):
+    text = host.file("/etc/apt/sources.list.d/pgdg.sources").content_string
+    assert "URIs: http://fastpg-backups-mirror:8080" in text
+    assert "Suites: forky-pgdg" in text and "Components: main" in text
+    signed_by = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Signed-By:")]
+    assert signed_by and host.file(signed_by[0]).exists
+
+
+def test_postgresql_17_came_from_the_mirror_utf8_with_checksums(host):
+    for package in ("postgresql-17", "postgresql-client-17"):
+        version = host.check_output("dpkg-query -W -f='${Version}' %s", package)
+        assert version.endswith(".pgdg13+1"), f"{package} {version} is not the mirror's build"
+    installed = host.check_output("apt-cache policy postgresql-17").split("***", 1)[1].split("\n")
+    assert "fastpg-backups-mirror:8080 forky-pgdg/main" in "\n".join(installed[:3])
+    assert host.service("postgresql@17-main").is_running
+    assert sql(host, "SHOW server_encoding") == "UTF8" and sql(host, "SHOW data_checksums") == "on"
+    assert sql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'fastpg'") == "fastpg"
+
+
 def test_the_repository_is_on_the_backup_host_encrypted_and_its_key_kept_from_others(host):
     repo = repo_host()
     for side in (host, repo):

@@ -3,7 +3,7 @@
 # PostgreSQL packages, re-versioned the way PGDG versions them (+pgdg suffix), so the test
 # can tell which repository a package came from. Runs inside the mirror container.
 #   build-mirror.sh [SUITE [LIBRARY...]]   default trixie-pgdg
-# The upgrade scenario serves them to Debian 14 as forky-pgdg, with the Debian 13 libraries they
+# The backups scenario serves them to Debian 14 as forky-pgdg, with the Debian 13 libraries they
 # link against that Debian 14 no longer has (PGDG builds against each release's own instead).
 set -euo pipefail
 root=/srv/pgdg
