@@ -6,7 +6,10 @@
    identical one; 2. the idempotent re-run (time, changed count) vs the script's re-run;
 3. one database host with three app hosts vs one host alone; 4. load inside the container
 over loopback (ab): the tutorial's load and a heavier one, against the deployed QueuePool
-app, the same app with NullPool, and a bare asyncpg endpoint as the ceiling.
+app, the same app with NullPool, and a bare asyncpg endpoint as the ceiling; 5. on the same
+host, the heavy load through PgBouncer against direct, and 400 concurrent clients with pools
+of 400 connections against max_connections 100 (refused directly by preflight, served through
+PgBouncer). `bench/bench.py load` runs 4 and 5 alone.
 Writes bench/results/latest.json, latest.md and PNG charts.
 """
 
@@ -96,12 +99,15 @@ def inventory(tmp, db, apps, extra=None):
     return inv
 
 
-def converge(inv, cache):
+def converge(inv, cache, check=True):
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_CACHE_PLUGIN_CONNECTION=str(cache))
     env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
     start = time.monotonic()
-    done = sh(str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(ROOT / "site.yml"), env=env, cwd=ROOT)
+    done = sh(str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(ROOT / "site.yml"), env=env, cwd=ROOT,
+              check=check)
+    if not check:
+        return done
     took = time.monotonic() - start
     changed = sum(int(m) for m in re.findall(r"changed=(\d+)", done.stdout.split("PLAY RECAP")[-1]))
     return round(took, 1), changed
@@ -214,11 +220,12 @@ def percentile(values, q):
     return round(values[min(len(values) - 1, int(q / 100 * len(values)))], 1)
 
 
-def ab(port, total, concurrency):
-    per_path = total // len(PATHS)
+def ab(port, total, concurrency, paths=None):
+    paths = paths or PATHS
+    per_path = total // len(paths)
     latencies, failed, elapsed = [], 0, 0.0
-    for path in PATHS:
-        out = dexec("fastpg-bench-ansible", "ab", "-q", "-k", "-n", str(per_path), "-c", str(concurrency),
+    for path in paths:
+        out = dexec("fastpg-bench-ansible", "ab", "-q", "-k", "-l", "-n", str(per_path), "-c", str(concurrency),
                     "-g", "/root/ab.tsv", f"http://127.0.0.1:{port}{path}").stdout
         elapsed += float(re.search(r"Time taken for tests:\s+([0-9.]+)", out).group(1))
         failed += int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
@@ -226,8 +233,8 @@ def ab(port, total, concurrency):
         failed += int(m.group(1)) if m else 0
         tsv = dexec("fastpg-bench-ansible", "cat", "/root/ab.tsv").stdout.splitlines()[1:]
         latencies += [float(line.split("\t")[4]) for line in tsv if line.strip()]
-    return {"requests": per_path * len(PATHS), "concurrency": concurrency, "failed": failed,
-            "requests_per_s": round(per_path * len(PATHS) / elapsed, 1),
+    return {"requests": per_path * len(paths), "concurrency": concurrency, "failed": failed,
+            "requests_per_s": round(per_path * len(paths) / elapsed, 1),
             "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
             "p99_ms": percentile(latencies, 99), "mean_ms": round(statistics.mean(latencies), 1),
             "latencies_ms": latencies}
@@ -269,6 +276,40 @@ for i in range(20):
             log(f"{load_name} {label}: {r['requests_per_s']} req/s p50 {r['p50_ms']} p95 {r['p95_ms']} "
                 f"p99 {r['p99_ms']} ms, failed {r['failed']}")
     return results
+
+
+# More clients than max_connections allows directly: 4 workers x (50 + 50) pool slots = 400
+# connections against max_connections 100.
+OVER_LIMIT = {"postgresql_max_connections": 100, "fastapi_app_workers": 4, "fastapi_app_pool_size": 50,
+              "fastapi_app_max_overflow": 50}
+
+
+def pooler(tmp, direct_heavy):
+    """PgBouncer on the same host: the heavy load through it beside the direct figure, then a load
+    of 400 concurrent clients with pools of 400 connections against max_connections 100 (directly
+    refused by preflight, through PgBouncer served)."""
+    name = "fastpg-bench-ansible"
+    log("PgBouncer: the heavy load through it, on the same host")
+    took, _ = converge(inventory(tmp, name, [name], {"fastpg_pgbouncer": True}), Path(tmp) / "facts-pgb")
+    ab(8000, 300, 10)  # warm-up
+    _, total, conc = LOADS[1]
+    through = ab(8000, total, conc)
+    log(f"heavy through PgBouncer: {through['requests_per_s']} req/s, failed {through['failed']}")
+    log("more clients than max_connections: directly, then through PgBouncer")
+    refused = converge(inventory(tmp, name, [name], OVER_LIMIT), Path(tmp) / "facts-pgb", check=False)
+    flat = re.sub(r"\s+", " ", refused.stdout)
+    over = re.search(r"fastpg-bench-ansible: \d+ app peak [^.]*?OVER by \d+", flat)
+    if refused.returncode == 0 or not over:
+        raise RuntimeError(f"preflight did not refuse 400 direct connections against 100:\n{refused.stdout[-3000:]}")
+    converge(inventory(tmp, name, [name], dict(OVER_LIMIT, fastpg_pgbouncer=True)), Path(tmp) / "facts-pgb")
+    ab(8000, 400, 40)  # warm-up
+    many = ab(8000, 12000, 400)
+    log(f"400 clients through PgBouncer (max_connections 100): {many['requests_per_s']} req/s, failed {many['failed']}")
+    for r in (through, many):
+        r.pop("latencies_ms")
+    return {"heavy_direct": {k: v for k, v in direct_heavy.items() if k != "latencies_ms"},
+            "heavy_pgbouncer": through, "over_limit_refused": over.group(0), "over_limit_pgbouncer": many,
+            "converge_with_pgbouncer_s": took}
 
 
 def charts(load_results):
@@ -320,12 +361,22 @@ def markdown(data):
             r = lo[load_name][c]
             lines.append(f"| {total} req, {conc} concurrent | {c} | {r['requests_per_s']} | {r['p50_ms']} | "
                          f"{r['p95_ms']} | {r['p99_ms']} | {r['failed']} |")
+    pb = data["pgbouncer"]
+    lines += ["", "| through PgBouncer (same host) | requests/s | p50 ms | p95 ms | p99 ms | failed |",
+              "|---|---|---|---|---|---|"]
+    for label, r in ((f"heavy, direct ({LOADS[1][2]} concurrent)", pb["heavy_direct"]),
+                     (f"heavy, through PgBouncer ({LOADS[1][2]} concurrent)", pb["heavy_pgbouncer"]),
+                     ("400 concurrent, pools of 400 against max_connections 100, through PgBouncer",
+                      pb["over_limit_pgbouncer"])):
+        lines.append(f"| {label} | {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['failed']} |")
+    lines += ["", f"The same 400 connections directly: refused by preflight (`{pb['over_limit_refused']}`)."]
     pre = data["preflight_s"]
     lines += ["", "| preflight (controller only) | " + " | ".join(f"{n} app hosts" for n in pre) + " | target |",
               "|---|" + "---|" * len(pre) + "---|",
               "| seconds | " + " | ".join(f"{s} s" for s in pre.values())
               + f" | 1,000 hosts ≤ 30 s {t['preflight']} |"]
     lines += ["", f"Pooled vs NullPool requests/s (heavy): {t['pooled_ratio']} (target ≥ 3 {t['pooled']}); "
+              f"deployed app vs raw asyncpg (heavy): {t['raw_ratio']} (target ≥ 0.5 {t['raw']}); "
               f"failed requests: {t['failures']} (target 0 {t['no_failures']})"]
     return "\n".join(lines) + "\n"
 
@@ -338,6 +389,24 @@ def main():
         print(" | ".join(f"{n} app hosts: {s} s" for n, s in figures.items()))
         return 0
     global SSH_KEY
+    if sys.argv[1:] == ["load"]:  # the load comparison alone, on a fresh single-host deploy
+        with tempfile.TemporaryDirectory() as tmp:
+            SSH_KEY = Path(tmp) / "id_ed25519"
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fastpg-bench", "-f", str(SSH_KEY))
+            container("fastpg-bench-ansible")
+            try:
+                converge(inventory(tmp, "fastpg-bench-ansible", ["fastpg-bench-ansible"]), Path(tmp) / "facts")
+                lo = load()
+                pgb = pooler(tmp, lo["heavy"]["QueuePool (deployed)"])
+            finally:
+                sh("docker", "rm", "-f", "fastpg-bench-ansible", check=False)
+        for load_name, total, conc in LOADS:
+            for c, _ in CONFIGS:
+                r = lo[load_name][c]
+                print(f"{load_name:8} {c:22} {r['requests_per_s']:8} req/s  p50 {r['p50_ms']} p95 {r['p95_ms']} "
+                      f"p99 {r['p99_ms']} ms  failed {r['failed']}")
+        print(json.dumps({k: v for k, v in pgb.items()}, indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         pre = preflight_scale(tmp)
         SSH_KEY = Path(tmp) / "id_ed25519"
@@ -345,6 +414,7 @@ def main():
         try:
             prov = provisioning(tmp)
             lo = load()
+            pgb = pooler(tmp, lo["heavy"]["QueuePool (deployed)"])
             sh("docker", "rm", "-f", "fastpg-bench-ansible", check=False)
             multi = multihost(tmp, prov["fastpg_fresh_s"])
         finally:
@@ -352,15 +422,18 @@ def main():
                 sh("docker", "rm", "-f", n, check=False)
     heavy = lo["heavy"]
     pooled_ratio = round(heavy["QueuePool (deployed)"]["requests_per_s"] / heavy["NullPool"]["requests_per_s"], 2)
-    failures = sum(r["failed"] for ld in lo.values() for r in ld.values())
+    raw_ratio = round(heavy["QueuePool (deployed)"]["requests_per_s"] / heavy["raw asyncpg"]["requests_per_s"], 2)
+    failures = sum(r["failed"] for ld in lo.values() for r in ld.values()) \
+        + pgb["heavy_pgbouncer"]["failed"] + pgb["over_limit_pgbouncer"]["failed"]
     ok = lambda b: "met" if b else "NOT met"  # noqa: E731
     data = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB",
-        "preflight_s": pre, "provisioning": prov, "multihost": multi, "load": lo,
+        "preflight_s": pre, "provisioning": prov, "multihost": multi, "load": lo, "pgbouncer": pgb,
         "targets": {"converge": ok(prov["converge_ratio"] <= 1.5),
                     "rerun": ok(prov["rerun_ratio"] <= 2 and prov["fastpg_rerun_changed"] == 0),
                     "pooled_ratio": pooled_ratio, "pooled": ok(pooled_ratio >= 3),
+                    "raw_ratio": raw_ratio, "raw": ok(raw_ratio >= 0.5),
                     "preflight": ok(pre[max(pre)] <= 30),
                     "failures": failures, "no_failures": ok(failures == 0)},
     }

@@ -36,9 +36,16 @@ def pool_rows(hosts, hostvars, defaults, dbservers):
     for name in hosts:
         hv = hostvars[name]
         host = {"host": name, "db_host": str(_value(name, hv, defaults, "fastpg_db_host")),
-                "in_dbservers": name in dbservers}
+                "in_dbservers": name in dbservers, "pgbouncer": None}
+        if bool(_value(name, hv, defaults, "fastpg_pgbouncer")):
+            host["pgbouncer"] = {short: _whole(name, key, _value(name, hv, defaults, key)) for short, key in (
+                ("pool_size", "pgbouncer_default_pool_size"),
+                ("reserve", "pgbouncer_reserve_pool_size"),
+                ("max_client_conn", "pgbouncer_max_client_conn"))}
         rows.append({
             **host, "app": str(_value(name, hv, defaults, "fastapi_app_name")),
+            "login": (str(hv["fastpg_db_name"] if "fastpg_db_name" in hv else "fastpg"),
+                      str(hv["fastpg_db_user"] if "fastpg_db_user" in hv else "fastpg")),
             **{short: _whole(name, key, _value(name, hv, defaults, key)) for short, key in (
                 ("workers", "fastapi_app_workers"),
                 ("pool_size", "fastapi_app_pool_size"),
@@ -46,7 +53,7 @@ def pool_rows(hosts, hostvars, defaults, dbservers):
         })
         for app in app_entries(hv["fastpg_apps"] if "fastpg_apps" in hv else [], hv, defaults):
             label = f"fastpg_apps entry {app.get('name')!r} of {name}"
-            rows.append({**host, "app": str(app.get("name")),
+            rows.append({**host, "app": str(app.get("name")), "login": (str(app["db_name"]), str(app["db_user"])),
                          **{key: _whole(label, key, app[key]) for key in ("workers", "pool_size", "max_overflow")}})
     return rows
 
@@ -109,9 +116,13 @@ def resolve_db_hosts(apps, dbs):
 def connection_budget(apps, dbs, allowance=10, active_factor=4):
     """Peak connections of every app host against max_connections of its database host.
 
-    apps: [{host, app, db_host, in_dbservers, workers, pool_size, max_overflow}], a row per app
+    apps: [{host, app, db_host, in_dbservers, workers, pool_size, max_overflow, login, pgbouncer}],
+          a row per app; pgbouncer is None or {pool_size, reserve, max_client_conn} for its host
     dbs:  [{host, address, max_connections, superuser_reserved, cpus (or None)}]
-    App hosts that resolve to no database host are left out (resolve_db_hosts reports them).
+    An app connects directly (its pools count against max_connections) or through its host's
+    PgBouncer: its pools then count against PgBouncer's max_client_conn, and PgBouncer's server
+    pools, (default_pool_size + reserve_pool_size) per database and login role, against
+    max_connections. App hosts that resolve to no database host are left out.
     """
     resolved, _ = resolve_db_hosts(apps, dbs)
     apps = [{**a, "db": resolved[a["host"]]} for a in apps if a["host"] in resolved]
@@ -120,19 +131,37 @@ def connection_budget(apps, dbs, allowance=10, active_factor=4):
         workers, size, over = int(a["workers"]), int(a["pool_size"]), int(a["max_overflow"])
         rows.append({"host": a["host"], "app": a.get("app", ""), "db": a["db"],
                      "workers": workers, "pool_size": size, "max_overflow": over,
-                     "peak": workers * (size + over), "steady": workers * size})
+                     "peak": workers * (size + over), "steady": workers * size,
+                     "via": "PgBouncer" if a.get("pgbouncer") else "direct"})
+    poolers = {}
+    for a in apps:
+        if a.get("pgbouncer"):
+            p = poolers.setdefault(a["host"], {"host": a["host"], "db": a["db"], **a["pgbouncer"],
+                                               "logins": set(), "clients": 0})
+            p["logins"].add(tuple(a.get("login") or (a.get("app", ""), a.get("app", ""))))
+    for r in rows:
+        if r["via"] == "PgBouncer":
+            poolers[r["host"]]["clients"] += r["peak"]
+    poolers = [{**p, "pools": len(p["logins"]), "server": len(p["logins"]) * (p["pool_size"] + p["reserve"]),
+                "steady": len(p["logins"]) * p["pool_size"], "ok": p["clients"] <= p["max_client_conn"]}
+               for p in sorted(poolers.values(), key=lambda p: p["host"])]
+    for p in poolers:
+        p.pop("logins")
     databases, warnings = [], []
     for d in sorted(dbs, key=lambda d: d["host"]):
-        mine = [r for r in rows if r["db"] == d["host"]]
-        peak = sum(r["peak"] for r in mine)
-        steady = sum(r["steady"] for r in mine)
+        direct = [r for r in rows if r["db"] == d["host"] and r["via"] == "direct"]
+        pooled = [p for p in poolers if p["db"] == d["host"]]
+        peak = sum(r["peak"] for r in direct)
+        server = sum(p["server"] for p in pooled)
+        steady = sum(r["steady"] for r in direct) + sum(p["steady"] for p in pooled)
         reserved = int(d["superuser_reserved"]) + int(allowance)
         limit = int(d["max_connections"])
-        total = peak + reserved
-        databases.append({"host": d["host"], "peak": peak, "steady": steady, "reserved": reserved,
-                          "superuser_reserved": int(d["superuser_reserved"]), "allowance": int(allowance),
-                          "total": total, "limit": limit, "ok": total <= limit, "apps": len(mine)})
-        if d.get("cpus") and mine:
+        total = peak + server + reserved
+        databases.append({"host": d["host"], "peak": peak, "pgbouncer": server, "steady": steady,
+                          "reserved": reserved, "superuser_reserved": int(d["superuser_reserved"]),
+                          "allowance": int(allowance), "total": total, "limit": limit, "ok": total <= limit,
+                          "apps": len([r for r in rows if r["db"] == d["host"]])})
+        if d.get("cpus") and (direct or pooled):
             active = 2 * int(d["cpus"]) + 1
             if steady > active_factor * active:
                 warnings.append(
@@ -141,24 +170,35 @@ def connection_budget(apps, dbs, allowance=10, active_factor=4):
                     f"(2 x cores + 1 spindle). Most will wait on locks and CPU; smaller pools or "
                     f"PgBouncer serve more requests per second."
                 )
-    ok = all(db["ok"] for db in databases)
-    return {"ok": ok, "rows": rows, "databases": databases, "warnings": warnings,
-            "report": report(rows, databases, ok)}
+    ok = all(db["ok"] for db in databases) and all(p["ok"] for p in poolers)
+    return {"ok": ok, "rows": rows, "poolers": poolers, "databases": databases, "warnings": warnings,
+            "report": report(rows, poolers, databases, ok)}
 
 
-def report(rows, databases, ok):
-    head = ["app host", "app", "database", "workers", "pool_size", "max_overflow", "peak", "steady"]
-    body = [[r["host"], r["app"], r["db"], r["workers"], r["pool_size"], r["max_overflow"], r["peak"], r["steady"]]
-            for r in rows]
+def _table(head, body):
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)] if body else [len(h) for h in head]
     fmt = "  ".join("{:<%d}" % w for w in widths)
-    lines = ["Connection budget: peak = workers x (pool_size + max_overflow) per app and app host",
-             fmt.format(*head).rstrip()]
-    lines += [fmt.format(*map(str, b)).rstrip() for b in body]
+    return [fmt.format(*head).rstrip()] + [fmt.format(*map(str, b)).rstrip() for b in body]
+
+
+def report(rows, poolers, databases, ok):
+    lines = ["Connection budget: peak = workers x (pool_size + max_overflow) per app and app host"]
+    lines += _table(["app host", "app", "database", "via", "workers", "pool_size", "max_overflow", "peak", "steady"],
+                    [[r["host"], r["app"], r["db"], r["via"], r["workers"], r["pool_size"], r["max_overflow"],
+                      r["peak"], r["steady"]] for r in rows])
+    if poolers:
+        lines.append("PgBouncer: the apps' peak against pgbouncer_max_client_conn; server = pools (database and "
+                     "login role pairs) x (pgbouncer_default_pool_size + pgbouncer_reserve_pool_size)")
+        lines += _table(["app host", "database", "clients peak", "max_client_conn", "pools", "pool_size", "reserve",
+                         "server", ""],
+                        [[p["host"], p["db"], p["clients"], p["max_client_conn"], p["pools"], p["pool_size"],
+                          p["reserve"], p["server"], "ok" if p["ok"] else f"OVER by {p['clients'] - p['max_client_conn']}"]
+                         for p in poolers])
     for db in databases:
         verdict = "ok" if db["ok"] else f"OVER by {db['total'] - db['limit']}"
+        through = f"{db['pgbouncer']} PgBouncer server + " if any(p["db"] == db["host"] for p in poolers) else ""
         lines.append(
-            f"{db['host']}: {db['peak']} app peak + {db['superuser_reserved']} superuser_reserved_connections "
+            f"{db['host']}: {db['peak']} app peak + {through}{db['superuser_reserved']} superuser_reserved_connections "
             f"+ {db['allowance']} fastpg_reserved_connections = {db['total']} of "
             f"postgresql_max_connections {db['limit']}: {verdict}"
         )
@@ -168,7 +208,11 @@ def report(rows, databases, ok):
             "  - lower fastapi_app_pool_size and/or fastapi_app_max_overflow (per group or host)",
             "  - lower fastapi_app_workers on the app hosts",
             "  - raise postgresql_max_connections on the database host (a restart; memory per connection)",
-            "  - put PgBouncer (transaction pooling) between the apps and PostgreSQL",
+            "  - fastpg_pgbouncer: true on the app hosts: PgBouncer (transaction pooling) then holds "
+            "pgbouncer_default_pool_size + pgbouncer_reserve_pool_size server connections per app, "
+            "whatever the apps' pools",
+            "  - behind PgBouncer: lower pgbouncer_default_pool_size or pgbouncer_reserve_pool_size; "
+            "raise pgbouncer_max_client_conn for the apps' pools",
         ]
     return lines
 

@@ -24,6 +24,18 @@ APP_RANGES = [
     ("fastapi_app_workers", 1, 64, None, "a whole number from 1 to 64"),
     ("fastapi_app_port", 1, 65535, None, "a TCP port, 1 to 65535"),
 ]
+# PgBouncer on an app host (fastpg_pgbouncer). Its apps use asyncpg, which prepares every
+# statement: PgBouncer must track them, or transaction pooling fails most requests.
+PGBOUNCER_RANGES = [
+    ("pgbouncer_listen_port", 1, 65535, None, "a TCP port, 1 to 65535"),
+    ("pgbouncer_default_pool_size", 1, 10000, None, "a whole number from 1 to 10000"),
+    ("pgbouncer_reserve_pool_size", 0, 10000, None, "a whole number from 0 to 10000"),
+    ("pgbouncer_reserve_pool_timeout", 0, 3600, None, "seconds, a whole number from 0 to 3600"),
+    ("pgbouncer_max_client_conn", 1, 1000000, None, "a whole number from 1 to 1000000"),
+    ("pgbouncer_max_prepared_statements", 1, 100000, None,
+     "a whole number from 1 to 100000: the apps' asyncpg prepares every statement, and without PgBouncer "
+     "tracking them transaction pooling fails most requests with prepared-statement errors"),
+]
 DB_RANGES = [
     ("postgresql_max_connections", 10, 262143, None, "a whole number from 10 to 262143"),
     ("postgresql_superuser_reserved_connections", 1, 100, None, "1 to 100"),
@@ -161,12 +173,15 @@ def _app_checks(host, hv, spec, defaults, sources):
     """Every check of one app's fastapi_app_* values (the default app's, or an entry's)."""
     errors = _validate(host, spec, hv)
     errors += _ranges(host, hv, APP_RANGES, defaults)
-    if _get(hv, "fastapi_app_pool_class", defaults.get("fastapi_app_pool_class")) in (None, "null"):
+    pooled = bool(_get(hv, "fastpg_pgbouncer", False))
+    if pooled:
+        errors += _ranges(host, hv, PGBOUNCER_RANGES, defaults)
+    if _get(hv, "fastapi_app_pool_class", defaults.get("fastapi_app_pool_class")) in (None, "null") and not pooled:
         errors.append(
             f"fastapi_app_pool_class is null on {host}: every session then opens its own connection, "
             f"so the app's connections have no bound and the budget cannot hold. Accepted: queue "
             f"(a pool of fastapi_app_pool_size + fastapi_app_max_overflow per worker); null only "
-            f"behind a pooler that bounds the connections, which this stack does not deploy yet."
+            f"behind PgBouncer (fastpg_pgbouncer: true on the app host), which bounds the server connections."
         )
     errors += _environment(host, hv)
     errors += _app_source(host, hv, sources)
@@ -215,6 +230,7 @@ def _apps(host, hv, spec, defaults, sources, passwords, owners):
             continue
         app = app_entries([entry], hv, defaults)[0]
         values = {f"fastapi_app_{key}": value for key, value in app.items()}
+        values["fastpg_pgbouncer"] = _get(hv, "fastpg_pgbouncer", False)  # the host's, for pool_class null
         found = _app_checks(host, values, {k: v for k, v in spec.items() if k in values}, defaults, sources)
         for key in ("db_name", "db_user"):
             if not (isinstance(app[key], str) and IDENTIFIER.match(app[key])):
@@ -241,6 +257,15 @@ def _apps(host, hv, spec, defaults, sources, passwords, owners):
 
 
 TLS_FILES = ("pgbackrest_tls_ca_file", "pgbackrest_tls_cert_file", "pgbackrest_tls_key_file")
+
+
+def _monitoring_host(groups):
+    """One monitoring host at most: the exporters listen for one Prometheus."""
+    monitoring = list(groups.get("monitoring") or [])
+    if len(monitoring) > 1:
+        return [f"monitoring has {len(monitoring)} hosts ({', '.join(monitoring)}); accepted: one monitoring host "
+                f"(Prometheus), whose address every exporter listens on."]
+    return []
 
 
 def _backup_host(hostvars, groups):
@@ -307,7 +332,7 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
         password = _get(hv, "fastpg_db_password")
         if password is not None:
             errors += _password(f"fastpg_db_password on {host}", password)
-    return errors + _backup_host(hostvars, groups)
+    return errors + _backup_host(hostvars, groups) + _monitoring_host(groups)
 
 
 class FilterModule:

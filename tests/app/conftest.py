@@ -31,6 +31,7 @@ POOL = {
     "fastapi_app_pool_pre_ping": True,
     "fastapi_app_echo": False,
     "fastapi_app_pool_class": "queue",
+    "fastapi_app_pgbouncer": False,
 }
 
 

@@ -105,6 +105,8 @@ async def test_pool_stats_match_database_py(client):
     assert stats["pool_size"] == 3
     assert stats["max_overflow"] == 2
     assert {"checked_in", "checked_out", "overflow"} <= set(stats)
+    # One process here: every worker is this one.
+    assert [w["pid"] for w in stats["workers"]] == [stats["pid"]]
 
 
 async def test_process_time_header(client):
@@ -112,7 +114,8 @@ async def test_process_time_header(client):
     assert float(r.headers["X-Process-Time"]) >= 0
 
 
-async def test_pool_use_above_80_percent_logs_warning(client, app_module, caplog):
+async def test_pool_use_above_80_percent_logs_warning(client, app_module, caplog, monkeypatch):
+    monkeypatch.setattr(app_module, "POOL_WARN_EVERY", app_module.metrics.Ticker(0))
     engine = app_module.database.engine
     held = [await engine.connect() for _ in range(5)]  # 5 of 3 + 2 in use
     try:
@@ -122,11 +125,36 @@ async def test_pool_use_above_80_percent_logs_warning(client, app_module, caplog
     finally:
         for conn in held:
             await conn.close()
-    assert any("connection pool 100% used" in m for m in caplog.messages)
+    assert any("connection pool 100% used (5 of 5 checked out)" in m for m in caplog.messages)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fastpg.app"):
         await client.get("/pool-stats")
     assert not caplog.messages
+
+
+async def test_pool_warning_is_rate_limited(app_module, caplog):
+    ticker = app_module.metrics.Ticker(3600)
+    assert ticker.due() and not ticker.due()
+
+
+async def test_metrics_count_requests_by_route_template_and_status(client):
+    def count(text, route, status):
+        for line in text.splitlines():
+            if line.startswith("fastpg_http_requests_total{") and f'route="{route}"' in line \
+                    and f'status="{status}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = (await client.get("/metrics")).text
+    for user_id in (987654321, 987654322, 987654323):
+        assert (await client.get(f"/users/{user_id}")).status_code == 404
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    # The route's template, not the raw path: one series whatever the id.
+    assert count(r.text, "/users/{user_id}", 404) - count(before, "/users/{user_id}", 404) == 3
+    assert "fastpg_http_request_duration_seconds_bucket{" in r.text
+    assert "fastpg_pool_size 3.0" in r.text  # one process here: no pid label
+    assert "fastpg_pool_checkout_wait_seconds_count" in r.text
 
 
 async def test_health_is_503_when_database_unreachable(client, app_module, monkeypatch):
@@ -136,10 +164,11 @@ async def test_health_is_503_when_database_unreachable(client, app_module, monke
 
     # A real connection attempt to a loopback port nothing listens on.
     dead = create_async_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{_free_port()}/none")
-    monkeypatch.setattr(app_module.database, "SessionLocal", async_sessionmaker(dead))
+    monkeypatch.setattr(app_module, "ReadSessionLocal", async_sessionmaker(dead))
     try:
         r = await client.get("/health")
     finally:
         await dead.dispose()
     assert r.status_code == 503
     assert r.json() == {"status": "unhealthy", "database": "disconnected"}
+

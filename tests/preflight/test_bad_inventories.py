@@ -46,6 +46,12 @@ def no_dbservers(a):
     a["children"]["dbservers"]["hosts"] = None
 
 
+def monitoring_hosts(*names):
+    def change(a):
+        a["children"]["monitoring"] = {"hosts": {n: {"ansible_host": f"fastpg-absent-{n}"} for n in names}}
+    return change
+
+
 def backup_hosts(*names, **db_values):
     def change(a):
         a["children"]["backupservers"] = {"hosts": {n: {"ansible_host": f"fastpg-absent-{n}"} for n in names}}
@@ -166,7 +172,17 @@ CASES = {
         r"fastpg_apps\[notes\] on app1: the database fastpg belongs to the login role fastpg of another app"),
     "apps beside the default one over the budget": (
         apps(fastpg_apps=[{"name": "notes", "port": 8001, "db_password": "notes-long-secret"}]),
-        r"app1\s+notes\s+db1\s+2\s+20\s+30\s+100\s+40 .*db1: 400 app peak .* OVER by 113"),
+        r"app1\s+notes\s+db1\s+direct\s+2\s+20\s+30\s+100\s+40 .*db1: 400 app peak .* OVER by 113"),
+    "PgBouncer that would not track asyncpg's prepared statements": (
+        apps(fastpg_pgbouncer=True, pgbouncer_max_prepared_statements=0),
+        r"pgbouncer_max_prepared_statements is 0 on app1; accepted: a whole number from 1 to 100000: the apps' "
+        r"asyncpg prepares every statement"),
+    "apps' pools over PgBouncer's client limit": (
+        apps(fastpg_pgbouncer=True, pgbouncer_max_client_conn=80),
+        r"app1\s+db1\s+100\s+80\s+1\s+20\s+5\s+25\s+OVER by 20.*db1: 0 app peak \+ 50 PgBouncer server .*: ok.*"
+        r"raise pgbouncer_max_client_conn"),
+    "two monitoring hosts": (monitoring_hosts("mon1", "mon2"),
+                             r"monitoring has 2 hosts \(mon1, mon2\); accepted: one monitoring host"),
     "two backup hosts": (backup_hosts("backup1", "backup2", fastpg_backups=True),
                          r"backupservers has 2 hosts \(backup1, backup2\); accepted: one backup host"),
     "a backup host for a database host without backups": (
@@ -203,8 +219,8 @@ def test_good_inventory_passes_preflight_and_prints_the_budget(run_site):
     rc, out = run_site(inventory(), playbook="fastpg.stack.preflight")
     assert rc == 0, out
     out = re.sub(r"\s+", " ", out)
-    assert re.search(r"app1\s+fastapi-app\s+db1\s+2\s+20\s+30\s+100\s+40", out)
-    assert re.search(r"app2\s+fastapi-app\s+db1\s+2\s+20\s+30\s+100\s+40", out)
+    assert re.search(r"app1\s+fastapi-app\s+db1\s+direct\s+2\s+20\s+30\s+100\s+40", out)
+    assert re.search(r"app2\s+fastapi-app\s+db1\s+direct\s+2\s+20\s+30\s+100\s+40", out)
     assert ("db1: 200 app peak + 3 superuser_reserved_connections + 10 fastpg_reserved_connections"
             " = 213 of postgresql_max_connections 300: ok") in out
     assert TOUCHED not in out
@@ -230,8 +246,8 @@ def test_apps_beside_the_default_one_have_a_line_each_in_the_budget(run_site):
     assert rc == 0, out
     out = re.sub(r"\s+", " ", out)
     # workers and pool_size its own, max_overflow the host's (30).
-    assert re.search(r"app1\s+notes\s+db1\s+1\s+5\s+30\s+35\s+5", out), out
-    assert re.search(r"app2\s+notes\s+db1\s+1\s+5\s+30\s+35\s+5", out), out
+    assert re.search(r"app1\s+notes\s+db1\s+direct\s+1\s+5\s+30\s+35\s+5", out), out
+    assert re.search(r"app2\s+notes\s+db1\s+direct\s+1\s+5\s+30\s+35\s+5", out), out
     assert "db1: 270 app peak" in out
 
 
@@ -243,8 +259,8 @@ def test_host_var_beats_group_var_beats_role_default(run_site):
     rc, out = run_site(inventory(change), playbook="fastpg.stack.preflight")
     assert rc == 0, out
     out = re.sub(r"\s+", " ", out)
-    assert re.search(r"app1\s+fastapi-app\s+db1\s+2\s+6\s+30\s+72\s+12", out), out
-    assert re.search(r"app2\s+fastapi-app\s+db1\s+2\s+9\s+30\s+78\s+18", out), out
+    assert re.search(r"app1\s+fastapi-app\s+db1\s+direct\s+2\s+6\s+30\s+72\s+12", out), out
+    assert re.search(r"app2\s+fastapi-app\s+db1\s+direct\s+2\s+9\s+30\s+78\s+18", out), out
     assert "150 app peak" in out
 
 

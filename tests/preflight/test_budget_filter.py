@@ -58,3 +58,38 @@ def test_warns_when_steady_pools_dwarf_the_cores():
     assert result["ok"] and result["warnings"] and "80 connections" in result["warnings"][0]
     result = fb.connection_budget([app("a1", workers=1, size=5, over=0)], [small])
     assert not result["warnings"]
+
+
+def pooled(host, pool_size=20, reserve=5, max_client_conn=1000, login=("fastpg", "fastpg"), **kw):
+    return {**app(host, **kw), "login": login,
+            "pgbouncer": {"pool_size": pool_size, "reserve": reserve, "max_client_conn": max_client_conn}}
+
+
+def test_through_pgbouncer_the_server_pools_count_not_the_apps():
+    # 4 workers x 100 slots per host would need 800 connections directly; through PgBouncer each
+    # host holds (20 + 5) per database and login role.
+    small = {**DB1, "max_connections": 100}
+    direct = fb.connection_budget([app("a1", workers=4, size=50, over=50), app("a2", workers=4, size=50, over=50)],
+                                  [small])
+    assert not direct["ok"] and direct["databases"][0]["total"] == 813
+    result = fb.connection_budget([pooled("a1", workers=4, size=50, over=50),
+                                   pooled("a2", workers=4, size=50, over=50)], [small])
+    assert result["ok"], result["report"]
+    db = result["databases"][0]
+    assert (db["peak"], db["pgbouncer"], db["total"]) == (0, 50, 63)
+    assert [(p["host"], p["clients"], p["server"]) for p in result["poolers"]] == [("a1", 400, 25), ("a2", 400, 25)]
+    text = "\n".join(result["report"])
+    assert "PgBouncer: the apps' peak against pgbouncer_max_client_conn" in text
+    assert "50 PgBouncer server" in text
+
+
+def test_pgbouncer_pools_per_login_and_its_client_limit():
+    rows = [pooled("a1", workers=2, size=10, over=0), pooled("a1", workers=2, size=10, over=0, login=("b", "b")),
+            app("a2", workers=1, size=5, over=0)]
+    result = fb.connection_budget(rows, [DB1])
+    assert result["poolers"][0]["pools"] == 2 and result["poolers"][0]["server"] == 50
+    assert result["databases"][0]["peak"] == 5 and result["databases"][0]["total"] == 5 + 50 + 13
+    over = fb.connection_budget([pooled("a1", workers=4, size=50, over=50, max_client_conn=300)], [DB1])
+    assert not over["ok"]
+    text = "\n".join(over["report"])
+    assert "OVER by 100" in text and "raise pgbouncer_max_client_conn" in text

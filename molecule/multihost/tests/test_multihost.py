@@ -62,7 +62,8 @@ def test_apps_connect_over_tls_only(host):
 
 
 def test_app_env_asks_for_verify_full():
-    env = remote("fastpg-app1").file("/opt/fastapi-app/current/app.env").content_string
+    # fastpg-app2's apps connect directly (fastpg-app1's through PgBouncer: test_pgbouncer.py).
+    env = remote("fastpg-app2").file("/opt/fastapi-app/current/app.env").content_string
     assert "PGSSLMODE=verify-full" in env
     assert "PGSSLROOTCERT=/opt/fastapi-app/db-ca.pem" in env
 
@@ -254,7 +255,7 @@ def test_own_app_login_is_refused_by_the_default_apps_database():
     assert "no pg_hba.conf entry" in out.stdout and 'database "fastpg"' in out.stdout, out.stdout + out.stderr
 
 
-def playbook(name, app_vars=None, extra=None):
+def playbook(name, app_vars=None, extra=None, args=()):
     """Runs a playbook of the collection. app_vars are given as the app hosts' variables in a
     second inventory source (above the scenario's group_vars): as extra vars (-e) they would
     outrank every play's values and reach every app of the host."""
@@ -268,7 +269,8 @@ def playbook(name, app_vars=None, extra=None):
     with tempfile.NamedTemporaryFile("w", suffix=".yml") as overlay:
         json.dump({"all": {"children": {"appservers": {"hosts": {app: app_vars or {} for app in APPS}}}}}, overlay)
         overlay.flush()
-        done = subprocess.run([str(exe), "-i", INVENTORY, "-i", overlay.name, name, "-e", json.dumps(extra or {})],
+        done = subprocess.run([str(exe), "-i", INVENTORY, "-i", overlay.name, name, "-e", json.dumps(extra or {}),
+                               *args],
                               env=env, capture_output=True, text=True, timeout=900)
     return done.returncode, done.stdout + done.stderr
 

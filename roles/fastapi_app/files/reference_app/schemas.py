@@ -14,15 +14,34 @@ class UserOut(BaseModel):
 
     id: int
     username: str
-    email: EmailStr
+    # Checked on the way in (UserCreate); checking stored values again on every answer cost a
+    # quarter of GET /users/ in the profile.
+    email: str
     is_active: bool
 
 
+class Health(BaseModel):
+    status: str
+    database: str
+    total_users: int
+
+
+class WorkerPool(BaseModel):
+    pid: int
+    pool_size: int
+    checked_in: int
+    checked_out: int
+    overflow: int
+
+
 class PoolStats(BaseModel):
+    """The answering worker's pool (pid), and every live worker's in `workers`."""
+
     pool_class: str
     pool_size: int
     checked_in: int
     checked_out: int
     overflow: int
     max_overflow: int
-    invalid: int | None = None
+    pid: int
+    workers: list[WorkerPool]
