@@ -270,7 +270,8 @@ def test_database_py_holds_inventory_pool_values(host, hostvars):
         ("fastapi_app_pool_recycle", "POOL_RECYCLE"),
     ]:
         assert f"{const} = {int(hostvars[var])}\n" in content
-    assert f"POOL_PRE_PING = {bool(hostvars['fastapi_app_pool_pre_ping'])}\n" in content
+    # Off unless the inventory turns it on (the role's default).
+    assert f"POOL_PRE_PING = {bool(hostvars.get('fastapi_app_pool_pre_ping', False))}\n" in content
 
 
 # --- Secrets ------------------------------------------------------------------------------
