@@ -28,7 +28,7 @@ POOL = {
     "fastapi_app_max_overflow": 2,
     "fastapi_app_pool_timeout": 5,
     "fastapi_app_pool_recycle": 600,
-    "fastapi_app_pool_pre_ping": True,
+    "fastapi_app_pool_pre_ping": False,  # the role default: _drop_closed covers a restart
     "fastapi_app_echo": False,
     "fastapi_app_pool_class": "queue",
     "fastapi_app_pgbouncer": False,

@@ -155,6 +155,7 @@ async def test_metrics_count_requests_by_route_template_and_status(client):
     assert "fastpg_http_request_duration_seconds_bucket{" in r.text
     assert "fastpg_pool_size 3.0" in r.text  # one process here: no pid label
     assert "fastpg_pool_checkout_wait_seconds_count" in r.text
+    assert "fastpg_app_healthy 1.0" in r.text
 
 
 async def test_health_is_503_when_database_unreachable(client, app_module, monkeypatch):
@@ -172,3 +173,39 @@ async def test_health_is_503_when_database_unreachable(client, app_module, monke
     assert r.status_code == 503
     assert r.json() == {"status": "unhealthy", "database": "disconnected"}
 
+
+async def test_metrics_report_an_unreachable_database(client, app_module, monkeypatch):
+    from sqlalchemy.ext.asyncio import async_sessionmaker  # noqa: PLC0415
+
+    from conftest import _free_port  # noqa: PLC0415
+
+    dead = create_async_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{_free_port()}/none")
+    monkeypatch.setattr(app_module, "ReadSessionLocal", async_sessionmaker(dead))
+    try:
+        r = await client.get("/metrics")
+    finally:
+        await dead.dispose()
+    assert r.status_code == 200  # the metrics still come, saying so
+    assert "fastpg_app_healthy 0.0" in r.text
+
+
+async def test_connections_the_server_closed_in_the_pool_fail_no_request(client, app_module):
+    """Without pre-ping: connections the server ended while idle in the pool (as a restart does)
+    are replaced at checkout, and no request meets them."""
+    import asyncio  # noqa: PLC0415
+
+    for _ in range(6):  # the pool holds connections now
+        assert (await client.get("/health")).status_code == 200
+    assert app_module.pool_stats()["checked_in"] > 0
+    engine = create_async_engine(str(app_module.database.engine.url.render_as_string(hide_password=False)))
+    try:
+        async with engine.connect() as conn:
+            ended = await conn.scalar(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"))
+    finally:
+        await engine.dispose()
+    assert ended > 0
+    await asyncio.sleep(0.2)  # the event loop reads the servers' goodbyes
+    statuses = [(await client.get(path)).status_code for path in ("/health", "/users/?limit=5") * 5]
+    assert statuses == [200] * 10

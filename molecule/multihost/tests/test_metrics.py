@@ -60,6 +60,25 @@ def test_pool_gauges_summed_over_workers_equal_workers_times_pool_size(host):
         assert value(host, f'count(fastpg_pool_size{{host="{app}"}})') == 2  # one series per worker
 
 
+def test_pool_gauges_are_right_again_after_a_restart(host):
+    """A zero-downtime restart replaces every worker: the runtime directory starts empty, so
+    the sum is the new workers' only."""
+    app2 = remote("fastpg-app2")
+    before = {r["metric"]["pid"] for r in query(host, 'fastpg_pool_size{host="fastpg-app2"}')}
+    app2.check_output("systemctl restart fastapi-app")
+
+    def renewed():
+        pids = {r["metric"]["pid"] for r in query(host, 'fastpg_pool_size{host="fastpg-app2"}')}
+        return (pids and not pids & before and value(host, 'sum(fastpg_pool_size{host="fastpg-app2"})') == 18) or None
+    assert wait_for(renewed, "the new workers' pool gauges, and only theirs")
+    assert value(host, 'count(fastpg_pool_size{host="fastpg-app2"})') == 2
+
+
+def test_each_app_reports_it_reaches_its_database(host):
+    healthy = wait_for(lambda: query(host, "fastpg_app_healthy") or None, "fastpg_app_healthy")
+    assert {r["metric"]["host"]: r["value"][1] for r in healthy} == {"fastpg-app1": "1", "fastpg-app2": "1"}
+
+
 def test_request_metrics_come_by_route_and_status(host):
     r = query(host, 'fastpg_http_requests_total{route="/health",status="200"}')
     assert r and sum(float(x["value"][1]) for x in r) > 0

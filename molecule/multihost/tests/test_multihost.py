@@ -202,7 +202,9 @@ def test_own_app_is_configured_by_environment_variables_only(app):
     env = remote(app).file("/opt/notes/current/app.env")
     assert (env.user, env.group, env.mode) == ("notes", "notes", 0o600)
     assert "DATABASE_URL=\"postgresql+psycopg://notes:" in env.content_string
-    assert "@fastpg-db:5432/notes\"" in env.content_string
+    # fastpg-app1's apps go through PgBouncer on its loopback.
+    where = "127.0.0.1:6432" if app == "fastpg-app1" else "fastpg-db:5432"
+    assert f"@{where}/notes\"" in env.content_string
     # The default app's file has none of it.
     assert NOTES_SECRET not in remote(app).file("/opt/fastapi-app/current/app.env").content_string
 

@@ -160,6 +160,7 @@ class opened:
 # and hashing a new statement tree per request. The count is on the table, not the entity,
 # so it takes the Core path (no ORM loading for one number).
 COUNT_USERS = select(func.count()).select_from(User.__table__)
+PING = select(1)
 LIST_USERS = select(User).order_by(User.id).offset(bindparam("skip")).limit(bindparam("limit"))
 
 
@@ -229,4 +230,11 @@ async def get_pool_stats():
 @app.get("/metrics", include_in_schema=False)
 async def get_metrics():
     watch_pool()
+    try:
+        async with opened(ReadSessionLocal) as session:
+            await asyncio.wait_for(session.execute(PING), timeout=2)
+        metrics.HEALTHY.set(1)
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        log.error("metrics: database unreachable: %s", exc)
+        metrics.HEALTHY.set(0)
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

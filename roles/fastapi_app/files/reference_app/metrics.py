@@ -46,6 +46,12 @@ CHECKOUT_TIMEOUTS = Counter(
 )
 
 
+# Set at each scrape: whether the app reaches its database (what /health answers), so that an
+# app that serves but cannot work is seen, not only one that is down.
+HEALTHY = Gauge("fastpg_app_healthy", "1 when the app reached its database at the last scrape, else 0.",
+                multiprocess_mode="livemostrecent")
+
+
 def _pool_gauge(name, doc):
     return Gauge(f"fastpg_pool_{name}", doc, multiprocess_mode="liveall")
 
