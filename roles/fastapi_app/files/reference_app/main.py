@@ -53,7 +53,8 @@ def pool_stats() -> dict:
 def watch_pool() -> dict:
     """Publishes this worker's pool gauges; warns when the pool is nearly exhausted."""
     stats = pool_stats()
-    metrics.set_pool({"size": stats["pool_size"], **{k: stats[k] for k in ("capacity", "checked_out", "checked_in", "overflow")}})
+    metrics.set_pool({"size": stats["pool_size"], "capacity": stats["capacity"], "checked_out": stats["checked_out"],
+                      "checked_in": stats["checked_in"], "overflow": stats["overflow"]})
     capacity = stats["capacity"]
     if capacity and stats["checked_out"] / capacity > POOL_WARN_RATIO and POOL_WARN_EVERY.due():
         log.warning("connection pool %d%% used (%d of %d checked out) in worker %d",
