@@ -209,3 +209,23 @@ async def test_connections_the_server_closed_in_the_pool_fail_no_request(client,
     await asyncio.sleep(0.2)  # the event loop reads the servers' goodbyes
     statuses = [(await client.get(path)).status_code for path in ("/health", "/users/?limit=5") * 5]
     assert statuses == [200] * 10
+
+
+async def test_metrics_answer_at_once_when_the_pool_is_full(client, app_module):
+    """A scrape never waits for a pooled connection (pool_timeout): with every connection
+    checked out it answers within about a second, and a full pool is not called unhealthy."""
+    import time  # noqa: PLC0415
+
+    assert "fastpg_app_healthy 1.0" in (await client.get("/metrics")).text
+    engine = app_module.database.engine
+    held = [await engine.connect() for _ in range(5)]  # all of 3 + 2
+    try:
+        start = time.monotonic()
+        r = await client.get("/metrics")
+        took = time.monotonic() - start
+    finally:
+        for conn in held:
+            await conn.close()
+    assert r.status_code == 200 and took < 2.5
+    assert "fastpg_pool_checked_out 5.0" in r.text
+    assert "fastpg_app_healthy 1.0" in r.text
