@@ -235,14 +235,14 @@ async def get_metrics():
         # Never longer than a second: a scrape must not wait out pool_timeout.
         await asyncio.wait_for(_ping(), timeout=1)
         metrics.HEALTHY.set(1)
-    except (SQLAlchemyError, OSError) as exc:
-        log.error("metrics: database unreachable: %s", exc)
-        metrics.HEALTHY.set(0)
-    except TimeoutError:
+    except TimeoutError:  # before OSError, its base class
         # A full pool is busy, not unhealthy (the pool alerts say so); otherwise the database
         # did not answer in time.
         if not stats["capacity"] or stats["checked_out"] < stats["capacity"]:
             metrics.HEALTHY.set(0)
+    except (SQLAlchemyError, OSError) as exc:
+        log.error("metrics: database unreachable: %s", exc)
+        metrics.HEALTHY.set(0)
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 
