@@ -158,33 +158,27 @@ async def test_metrics_count_requests_by_route_template_and_status(client):
     assert "fastpg_app_healthy 1.0" in r.text
 
 
-async def test_health_is_503_when_database_unreachable(client, app_module, monkeypatch):
+@pytest.fixture
+async def unreachable_database(app_module, monkeypatch):
+    """The app's read sessions pointed at a loopback port nothing listens on (a real attempt)."""
     from sqlalchemy.ext.asyncio import async_sessionmaker  # noqa: PLC0415
 
     from conftest import _free_port  # noqa: PLC0415
 
-    # A real connection attempt to a loopback port nothing listens on.
     dead = create_async_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{_free_port()}/none")
     monkeypatch.setattr(app_module, "ReadSessionLocal", async_sessionmaker(dead))
-    try:
-        r = await client.get("/health")
-    finally:
-        await dead.dispose()
+    yield
+    await dead.dispose()
+
+
+async def test_health_is_503_when_database_unreachable(client, unreachable_database):
+    r = await client.get("/health")
     assert r.status_code == 503
     assert r.json() == {"status": "unhealthy", "database": "disconnected"}
 
 
-async def test_metrics_report_an_unreachable_database(client, app_module, monkeypatch):
-    from sqlalchemy.ext.asyncio import async_sessionmaker  # noqa: PLC0415
-
-    from conftest import _free_port  # noqa: PLC0415
-
-    dead = create_async_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{_free_port()}/none")
-    monkeypatch.setattr(app_module, "ReadSessionLocal", async_sessionmaker(dead))
-    try:
-        r = await client.get("/metrics")
-    finally:
-        await dead.dispose()
+async def test_metrics_report_an_unreachable_database(client, unreachable_database):
+    r = await client.get("/metrics")
     assert r.status_code == 200  # the metrics still come, saying so
     assert "fastpg_app_healthy 0.0" in r.text
 
