@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- BEGIN VARIABLES (scripts/gen-vars-doc.py) -->", "<!-- END VARIABLES -->"
-ROLES = ["postgresql", "pgbackrest", "pgbouncer", "fastapi_app", "exporters", "prometheus"]
+ROLES = ["postgresql", "etcd", "pgbackrest", "pgbouncer", "haproxy", "fastapi_app", "exporters", "prometheus"]
 
 
 def cell(text) -> str:

@@ -2,8 +2,8 @@
 # The whole test suite, against the collection as built and installed (scripts/lib.sh's
 # install_collection): lint, the changelog, the reference app's tests against a real PostgreSQL, the
 # preflight's bad-inventory table, scripts/up.sh on the default inventory, and `molecule test`
-# for the scenarios (one host, multihost, resilience, and backups: the PGDG path, restores, the
-# upgrade) on systemd containers.
+# for the scenarios (one host, multihost, resilience, backups: the PGDG path, restores, the
+# upgrade; and ha: Patroni and its drills) on systemd containers.
 # On a fresh machine it first installs what it needs (see scripts/lib.sh).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -86,6 +86,7 @@ stage "molecule default" molecule test --scenario-name default
 stage "molecule multihost" molecule test --scenario-name multihost
 stage "molecule resilience" molecule test --scenario-name resilience
 stage "molecule backups" molecule test --scenario-name backups
+stage "molecule ha" molecule test --scenario-name ha
 
 # Platforms that need a registry image and PGDG: the platform scenario, once per image named.
 for platform in DEBIAN12 UBUNTU2204 UBUNTU2404 ROCKY9 ALMA9; do

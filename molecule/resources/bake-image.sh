@@ -4,7 +4,7 @@
 # backup, HA, metrics and front-door tiers), installed once here instead of in every
 # scenario. Their services are left disabled (a role enables what it runs) and no cluster is
 # created. The default scenario and the local target keep installing from the bare image.
-# The build is skipped when the image exists.
+# The build is skipped when the image exists with every package listed.
 #
 #   molecule/resources/bake-image.sh [BASE_IMAGE] [IMAGE]
 #   defaults: fastpg/debian:trixie fastpg/debian:trixie-baked
@@ -13,21 +13,27 @@ set -euo pipefail
 base=${1:-${FASTPG_IMAGE:-fastpg/debian:trixie}}
 image=${2:-${FASTPG_BAKED_IMAGE:-fastpg/debian:trixie-baked}}
 
-if docker image inspect "$image" >/dev/null 2>&1; then
-  echo "image $image exists; skipping build"
-  exit 0
-fi
-
 packages=(
   # The postgresql role (Debian 13) and the fastapi_app role, and what the apt module needs.
   postgresql-17 postgresql-client-17 python3-psycopg2 python3-apt
   python3 python3-venv python3-packaging dbus rsync
   # The tiers the stack grows into.
-  pgbouncer pgbackrest patroni etcd-server haproxy
+  pgbouncer pgbackrest patroni python3-etcd etcd-server haproxy
   prometheus prometheus-node-exporter prometheus-postgres-exporter prometheus-pgbouncer-exporter
   # Deploys over SSH by a user whose sudo asks for a password (resilience).
   openssh-server
 )
+
+# An image baked from an older list is baked again.
+if docker image inspect "$image" >/dev/null 2>&1; then
+  installed=$(docker run --rm "$image" dpkg-query -W -f='${db:Status-Abbrev}\n' "${packages[@]}" 2>/dev/null \
+    | grep -c '^ii' || true)
+  if [ "$installed" -eq "${#packages[@]}" ]; then
+    echo "image $image exists with every package; skipping build"
+    exit 0
+  fi
+  echo "image $image lacks some of the packages; baking it again"
+fi
 
 name=fastpg-bake-$$
 trap 'docker rm -f "$name" >/dev/null 2>&1 || true' EXIT

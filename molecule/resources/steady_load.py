@@ -13,6 +13,7 @@ refused connection, a timeout or a non-2xx answer counts as failed.
 
 import collections
 import http.client
+import itertools
 import json
 import subprocess
 import threading
@@ -37,6 +38,7 @@ class SteadyLoad:
         self.ok = self.failed = self.retried = 0
         self.errors = collections.Counter()
         self.first_failure = self.last_failure = None
+        self.ok_times = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
 
@@ -78,6 +80,7 @@ class SteadyLoad:
             with self.lock:
                 if error is None:
                     self.ok += 1
+                    self.ok_times.append(time.monotonic())
                 else:
                     self.failed += 1
                     self.errors[error] += 1
@@ -99,7 +102,41 @@ class SteadyLoad:
             t.join()
         self.ended = time.monotonic()
 
+    def longest_gap(self):
+        """The longest time, in seconds, between two answered requests while the load ran."""
+        times = sorted(self.ok_times)
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
     def summary(self):
         errors = ", ".join(f"{n} {e}" for e, n in self.errors.most_common()) or "none"
         return (f"{self.ok} ok, {self.failed} failed ({errors}), {self.retried} retried once after a "
                 f"connection closed without an answer; {self.clients} clients over {', '.join(self.paths)}")
+
+
+class SteadyWrites(SteadyLoad):
+    """Writers: each client POSTs a new user to /users/ in a loop. Nothing is retried (a write is
+    not idempotent): every failure is counted and reported, and the usernames the app
+    acknowledged (201) are kept, to be looked for afterwards."""
+
+    def __init__(self, address, port=8000, clients=4, prefix="w", **kw):
+        super().__init__(address, port, paths=("POST /users/",), clients=clients, **kw)
+        self.prefix, self.seq, self.acked = prefix, itertools.count(), []
+
+    def _one(self, conn, path):
+        name = f"{self.prefix}{next(self.seq)}"
+        body = json.dumps({"username": name, "email": f"{name}@example.com", "password": "drill-password"})
+        conn = conn or http.client.HTTPConnection(self.address, self.port, timeout=10)
+        try:
+            conn.request("POST", "/users/", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            return None, type(exc).__name__
+        if resp.status == 201:
+            with self.lock:
+                self.acked.append(name)
+        if resp.will_close:
+            conn.close()
+            conn = None
+        return conn, None if resp.status == 201 else f"HTTP {resp.status}"

@@ -4,6 +4,9 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.fastpg.stack.plugins.filter.apps import app_entries
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Under Patroni (fastpg_patroni) the apps reach whichever member is the primary: each member's
+# budget holds every app, plus Patroni's own connections (its loop's and its REST API's).
+PATRONI_CONNECTIONS = 2
 
 
 def _value(name, hv, defaults, key):
@@ -73,6 +76,9 @@ def db_rows(hosts, hostvars, defaults):
             "superuser_reserved": _whole(name, "postgresql_superuser_reserved_connections",
                                          _value(name, hv, defaults, "postgresql_superuser_reserved_connections")),
             "cpus": int(cpus) if str(cpus or "").isdigit() else None,
+            "patroni": (hv["fastpg_patroni"] if "fastpg_patroni" in hv else False) is True,
+            "max_wal_senders": _whole(name, "postgresql_settings.max_wal_senders", (
+                hv["postgresql_settings"] if "postgresql_settings" in hv else {}).get("max_wal_senders", 10)),
         })
     return rows
 
@@ -81,8 +87,12 @@ def resolve_db_hosts(apps, dbs):
     """Map each app host to the dbservers host its fastpg_db_host names.
 
     apps: [{host, db_host, in_dbservers}]; dbs: [{host, address}]
-    Returns ({app: db}, [error, ...]).
+    Returns ({app: db}, [error, ...]); under Patroni every app maps to the cluster, a tuple of its
+    members' names.
     """
+    cluster = tuple(d["host"] for d in dbs if d.get("patroni"))
+    if cluster:
+        return {app["host"]: cluster for app in apps}, []
     by_name = {}
     for db in dbs:
         by_name[db["host"]] = db["host"]
@@ -127,9 +137,10 @@ def connection_budget(apps, dbs, allowance=10, active_factor=4):
     resolved, _ = resolve_db_hosts(apps, dbs)
     apps = [{**a, "db": resolved[a["host"]]} for a in apps if a["host"] in resolved]
     rows = []
-    for a in sorted(apps, key=lambda a: (a["db"], a["host"])):
+    for a in sorted(apps, key=lambda a: (str(a["db"]), a["host"])):
         workers, size, over = int(a["workers"]), int(a["pool_size"]), int(a["max_overflow"])
         rows.append({"host": a["host"], "app": a.get("app", ""), "db": a["db"],
+                     "db_label": " or ".join(a["db"]) if isinstance(a["db"], tuple) else a["db"],
                      "workers": workers, "pool_size": size, "max_overflow": over,
                      "peak": workers * (size + over), "steady": workers * size,
                      "via": "PgBouncer" if a.get("pgbouncer") else "direct"})
@@ -148,19 +159,27 @@ def connection_budget(apps, dbs, allowance=10, active_factor=4):
     for p in poolers:
         p.pop("logins")
     databases, warnings = [], []
+    members = [d["host"] for d in dbs if d.get("patroni")]
     for d in sorted(dbs, key=lambda d: d["host"]):
-        direct = [r for r in rows if r["db"] == d["host"] and r["via"] == "direct"]
-        pooled = [p for p in poolers if p["db"] == d["host"]]
+        serves = (lambda db: db == tuple(members)) if d.get("patroni") else (lambda db: db == d["host"])
+        direct = [r for r in rows if serves(r["db"]) and r["via"] == "direct"]
+        pooled = [p for p in poolers if serves(p["db"])]
         peak = sum(r["peak"] for r in direct)
         server = sum(p["server"] for p in pooled)
         steady = sum(r["steady"] for r in direct) + sum(p["steady"] for p in pooled)
-        reserved = int(d["superuser_reserved"]) + int(allowance)
+        patroni = PATRONI_CONNECTIONS if d.get("patroni") else 0
+        reserved = int(d["superuser_reserved"]) + int(allowance) + patroni
         limit = int(d["max_connections"])
         total = peak + server + reserved
+        # Streaming replicas and one base backup at a time use WAL senders, a limit of their own.
+        senders = len(members) if d.get("patroni") else 0
+        senders_ok = senders <= int(d.get("max_wal_senders", 10))
         databases.append({"host": d["host"], "peak": peak, "pgbouncer": server, "steady": steady,
                           "reserved": reserved, "superuser_reserved": int(d["superuser_reserved"]),
-                          "allowance": int(allowance), "total": total, "limit": limit, "ok": total <= limit,
-                          "apps": len([r for r in rows if r["db"] == d["host"]])})
+                          "allowance": int(allowance), "patroni": patroni, "total": total, "limit": limit,
+                          "senders": senders, "max_wal_senders": int(d.get("max_wal_senders", 10)),
+                          "ok": total <= limit and senders_ok,
+                          "apps": len([r for r in rows if serves(r["db"])])})
         if d.get("cpus") and (direct or pooled):
             active = 2 * int(d["cpus"]) + 1
             if steady > active_factor * active:
@@ -184,24 +203,32 @@ def _table(head, body):
 def report(rows, poolers, databases, ok):
     lines = ["Connection budget: peak = workers x (pool_size + max_overflow) per app and app host"]
     lines += _table(["app host", "app", "database", "via", "workers", "pool_size", "max_overflow", "peak", "steady"],
-                    [[r["host"], r["app"], r["db"], r["via"], r["workers"], r["pool_size"], r["max_overflow"],
+                    [[r["host"], r["app"], r.get("db_label", r["db"]), r["via"], r["workers"], r["pool_size"], r["max_overflow"],
                       r["peak"], r["steady"]] for r in rows])
     if poolers:
         lines.append("PgBouncer: the apps' peak against pgbouncer_max_client_conn; server = pools (database and "
                      "login role pairs) x (pgbouncer_default_pool_size + pgbouncer_reserve_pool_size)")
         lines += _table(["app host", "database", "clients peak", "max_client_conn", "pools", "pool_size", "reserve",
                          "server", ""],
-                        [[p["host"], p["db"], p["clients"], p["max_client_conn"], p["pools"], p["pool_size"],
+                        [[p["host"], " or ".join(p["db"]) if isinstance(p["db"], tuple) else p["db"], p["clients"], p["max_client_conn"], p["pools"], p["pool_size"],
                           p["reserve"], p["server"], "ok" if p["ok"] else f"OVER by {p['clients'] - p['max_client_conn']}"]
                          for p in poolers])
     for db in databases:
-        verdict = "ok" if db["ok"] else f"OVER by {db['total'] - db['limit']}"
-        through = f"{db['pgbouncer']} PgBouncer server + " if any(p["db"] == db["host"] for p in poolers) else ""
+        verdict = "ok" if db["total"] <= db["limit"] else f"OVER by {db['total'] - db['limit']}"
+        through = f"{db['pgbouncer']} PgBouncer server + " if db["pgbouncer"] else ""
+        patroni = f"{db['patroni']} Patroni + " if db["patroni"] else ""
         lines.append(
-            f"{db['host']}: {db['peak']} app peak + {through}{db['superuser_reserved']} superuser_reserved_connections "
-            f"+ {db['allowance']} fastpg_reserved_connections = {db['total']} of "
+            f"{db['host']}: {db['peak']} app peak + {through}{patroni}{db['superuser_reserved']} "
+            f"superuser_reserved_connections + {db['allowance']} fastpg_reserved_connections = {db['total']} of "
             f"postgresql_max_connections {db['limit']}: {verdict}"
         )
+        if db["senders"]:
+            fits = db["senders"] <= db["max_wal_senders"]
+            lines.append(
+                f"{db['host']} as primary: {db['senders'] - 1} streaming replicas + 1 base backup = {db['senders']} "
+                f"WAL senders of max_wal_senders {db['max_wal_senders']}: "
+                + ("ok" if fits else f"OVER by {db['senders'] - db['max_wal_senders']}")
+            )
     if not ok:
         lines += [
             "Ways out:",
@@ -214,6 +241,9 @@ def report(rows, poolers, databases, ok):
             "  - behind PgBouncer: lower pgbouncer_default_pool_size or pgbouncer_reserve_pool_size; "
             "raise pgbouncer_max_client_conn for the apps' pools",
         ]
+        if any(db["senders"] for db in databases):
+            lines.append("  - under Patroni, every member must hold all the apps (any can become the primary); raise "
+                         "max_wal_senders in postgresql_settings for more members")
     return lines
 
 

@@ -24,7 +24,11 @@ def client_addresses(hosts, hostvars):
 
 
 def db_host_of(app_host, hostvars, dbservers):
-    """The inventory name of the dbservers host that app_host's fastpg_db_host names."""
+    """The inventory name of the dbservers host that app_host's fastpg_db_host names; under Patroni
+    (fastpg_patroni), the first member, as any member has the cluster's roles."""
+    members = [d for d in dbservers if (hostvars[d]["fastpg_patroni"] if "fastpg_patroni" in hostvars[d] else False)]
+    if members:
+        return members[0]
     hv = hostvars[app_host]
     app = {"host": app_host, "db_host": str(hv["fastpg_db_host"] if "fastpg_db_host" in hv else "127.0.0.1"),
            "in_dbservers": app_host in dbservers}

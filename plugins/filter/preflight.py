@@ -295,6 +295,43 @@ def _backup_host(hostvars, groups):
     return errors
 
 
+PATRONI_PASSWORDS = ("fastpg_replication_password", "fastpg_rewind_password", "fastpg_patroni_api_password")
+
+
+def _patroni(hostvars, groups):
+    """fastpg_patroni: on every database host or none, 3 or 5 of them (etcd's majority survives one
+    loss), its passwords set, and Patroni's timings consistent."""
+    dbs = list(groups.get("dbservers") or [])
+    on = [h for h in dbs if _get(hostvars[h], "fastpg_patroni", False) is True]
+    if not on:
+        return []
+    errors = []
+    off = [h for h in dbs if h not in on]
+    if off:
+        errors.append(f"fastpg_patroni is true on {', '.join(on)} but not on {', '.join(off)}; accepted: true on "
+                      f"every database host (they are one cluster) or on none.")
+    if len(dbs) not in (3, 5):
+        errors.append(f"fastpg_patroni is true, and dbservers has {len(dbs)} hosts; accepted: 3 or 5 database hosts "
+                      f"(etcd runs on each, and a majority of them must survive the loss of one).")
+    for host in on:
+        hv = hostvars[host]
+        for key in PATRONI_PASSWORDS:
+            password = _get(hv, key)
+            errors += (_password(f"{key} on {host}", password) if password is not None else
+                       [f"{key} is not set on {host}; accepted: a password of 12 or more characters, kept in the "
+                        f"inventory with ansible-vault (fastpg_patroni needs it)."])
+        if _get(hv, "fastpg_backups", False) is True:
+            errors.append(f"fastpg_backups is true on {host}, which is in a Patroni cluster (fastpg_patroni); "
+                          f"accepted: fastpg_backups false there - backups of a Patroni cluster are not built yet.")
+        ttl, wait, retry = (_get(hv, f"postgresql_patroni_{k}", d)
+                            for k, d in (("ttl", 20), ("loop_wait", 5), ("retry_timeout", 5)))
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (ttl, wait, retry)) and ttl < wait + 2 * retry:
+            errors.append(f"postgresql_patroni_ttl is {ttl} on {host}; accepted: at least postgresql_patroni_loop_wait "
+                          f"+ 2 x postgresql_patroni_retry_timeout ({wait + 2 * retry}), or a member loses the leader "
+                          f"key while it still retries etcd.")
+    return errors
+
+
 def preflight(hosts, hostvars, groups, specs, defaults, stack):
     """Every error of the hosts in this run, as messages that name the host, variable and fix.
 
@@ -332,7 +369,7 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
         password = _get(hv, "fastpg_db_password")
         if password is not None:
             errors += _password(f"fastpg_db_password on {host}", password)
-    return errors + _backup_host(hostvars, groups) + _monitoring_host(groups)
+    return errors + _backup_host(hostvars, groups) + _monitoring_host(groups) + _patroni(hostvars, groups)
 
 
 class FilterModule:

@@ -194,6 +194,13 @@ CASES = {
     "the repository host set by hand": (
         db(pgbackrest_repo_host="backup.example"),
         r"db1: pgbackrest_repo_host is set, but site.yml no longer reads it. Set instead: the backupservers group"),
+    "Patroni on one database host": (
+        db(fastpg_patroni=True, fastpg_replication_password="ha-replication-secret",
+           fastpg_rewind_password="ha-rewind-secret-0", fastpg_patroni_api_password="ha-api-secret-01"),
+        r"fastpg_patroni is true, and dbservers has 1 hosts; accepted: 3 or 5 database hosts"),
+    "Patroni without its passwords": (
+        db(fastpg_patroni=True),
+        r"fastpg_replication_password is not set on db1; accepted: a password of 12 or more characters"),
     "no database hosts at all": (no_dbservers, r"fastpg_db_host is 'db1', which is no dbservers host.*"
                                                r"none: the dbservers group is empty"),
 }

@@ -93,3 +93,29 @@ def test_pgbouncer_pools_per_login_and_its_client_limit():
     assert not over["ok"]
     text = "\n".join(over["report"])
     assert "OVER by 100" in text and "raise pgbouncer_max_client_conn" in text
+
+
+def members(max_connections=120, max_wal_senders=10):
+    return [{**DB1, "host": h, "address": f"10.0.0.{i}", "max_connections": max_connections, "patroni": True,
+             "max_wal_senders": max_wal_senders} for i, h in enumerate(("pg1", "pg2", "pg3"), start=5)]
+
+
+def test_under_patroni_every_member_holds_every_app_and_patroni_itself():
+    result = fb.connection_budget([app("a1", db_host="127.0.0.1"), app("a2", db_host="anything")], members(),
+                                  allowance=10)
+    assert [d["host"] for d in result["databases"]] == ["pg1", "pg2", "pg3"]
+    for d in result["databases"]:
+        # 2 x 2 x (20 + 30) app peak + 2 Patroni + 3 superuser + 10 allowance
+        assert (d["peak"], d["patroni"], d["total"], d["senders"]) == (200, 2, 215, 3)
+        assert not d["ok"]
+    text = "\n".join(result["report"])
+    assert "a1  fastapi-app" not in text and "pg1 or pg2 or pg3" in text
+    assert "pg1: 200 app peak + 2 Patroni + 3 superuser_reserved_connections" in text
+    assert "pg1 as primary: 2 streaming replicas + 1 base backup = 3 WAL senders of max_wal_senders 10: ok" in text
+    assert "any can become the primary" in text
+
+
+def test_under_patroni_the_wal_senders_are_a_limit_of_their_own():
+    result = fb.connection_budget([app("a1", workers=1, size=5, over=5)], members(max_wal_senders=2))
+    assert not result["ok"] and all(d["total"] <= d["limit"] for d in result["databases"])
+    assert "3 WAL senders of max_wal_senders 2: OVER by 1" in "\n".join(result["report"])
