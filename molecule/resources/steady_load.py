@@ -32,8 +32,9 @@ def container_address(name):
 
 
 class SteadyLoad:
-    def __init__(self, address, port=8000, paths=PATHS, clients=50, limit_s=900, pause_s=0.2):
-        self.address, self.port, self.paths = address, port, paths
+    def __init__(self, address, port=8000, paths=PATHS, clients=50, limit_s=900, pause_s=0.2, tls=None):
+        """tls: an ssl.SSLContext for HTTPS (a front door), else plain HTTP."""
+        self.address, self.port, self.paths, self.tls = address, port, paths, tls
         self.clients, self.limit_s, self.pause_s = clients, limit_s, pause_s
         self.ok = self.failed = self.retried = 0
         self.errors = collections.Counter()
@@ -41,6 +42,11 @@ class SteadyLoad:
         self.ok_times = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
+
+    def connect(self):
+        if self.tls:
+            return http.client.HTTPSConnection(self.address, self.port, timeout=10, context=self.tls)
+        return http.client.HTTPConnection(self.address, self.port, timeout=10)
 
     def _get(self, conn, path):
         conn.request("GET", path)
@@ -50,7 +56,7 @@ class SteadyLoad:
 
     def _one(self, conn, path):
         """(connection to reuse or None, error or None)."""
-        conn = conn or http.client.HTTPConnection(self.address, self.port, timeout=10)
+        conn = conn or self.connect()
         try:
             resp = self._get(conn, path)
         except CLOSED_WITHOUT_ANSWER:
@@ -58,7 +64,7 @@ class SteadyLoad:
             with self.lock:
                 self.retried += 1
             time.sleep(0.25)
-            conn = http.client.HTTPConnection(self.address, self.port, timeout=10)
+            conn = self.connect()
             try:
                 resp = self._get(conn, path)
             except (OSError, http.client.HTTPException) as exc:
@@ -125,7 +131,7 @@ class SteadyWrites(SteadyLoad):
     def _one(self, conn, path):
         name = f"{self.prefix}{next(self.seq)}"
         body = json.dumps({"username": name, "email": f"{name}@example.com", "password": "drill-password"})
-        conn = conn or http.client.HTTPConnection(self.address, self.port, timeout=10)
+        conn = conn or self.connect()
         try:
             conn.request("POST", "/users/", body, {"Content-Type": "application/json"})
             resp = conn.getresponse()

@@ -139,10 +139,13 @@ def connection_budget(apps, dbs, allowance=10, active_factor=4):
     rows = []
     for a in sorted(apps, key=lambda a: (str(a["db"]), a["host"])):
         workers, size, over = int(a["workers"]), int(a["pool_size"]), int(a["max_overflow"])
+        # Under Patroni a direct app has a second pool, for its reads on the replicas' route, which
+        # falls back to the primary: both can land on one member.
+        pools = 2 if isinstance(a["db"], tuple) and not a.get("pgbouncer") else 1
         rows.append({"host": a["host"], "app": a.get("app", ""), "db": a["db"],
                      "db_label": " or ".join(a["db"]) if isinstance(a["db"], tuple) else a["db"],
-                     "workers": workers, "pool_size": size, "max_overflow": over,
-                     "peak": workers * (size + over), "steady": workers * size,
+                     "workers": workers, "pool_size": size, "max_overflow": over, "pools": pools,
+                     "peak": pools * workers * (size + over), "steady": pools * workers * size,
                      "via": "PgBouncer" if a.get("pgbouncer") else "direct"})
     poolers = {}
     for a in apps:
@@ -201,7 +204,9 @@ def _table(head, body):
 
 
 def report(rows, poolers, databases, ok):
-    lines = ["Connection budget: peak = workers x (pool_size + max_overflow) per app and app host"]
+    lines = ["Connection budget: peak = workers x (pool_size + max_overflow) per app and app host"
+             + (", x 2 under Patroni (a pool for the primary, one for the replicas' route, which falls back "
+                "to the primary)" if any(r.get("pools", 1) == 2 for r in rows) else "")]
     lines += _table(["app host", "app", "database", "via", "workers", "pool_size", "max_overflow", "peak", "steady"],
                     [[r["host"], r["app"], r.get("db_label", r["db"]), r["via"], r["workers"], r["pool_size"], r["max_overflow"],
                       r["peak"], r["steady"]] for r in rows])

@@ -39,6 +39,10 @@ PGBOUNCER_RANGES = [
 DB_RANGES = [
     ("postgresql_max_connections", 10, 262143, None, "a whole number from 10 to 262143"),
     ("postgresql_superuser_reserved_connections", 1, 100, None, "1 to 100"),
+    # Patroni's own lower bounds (its configuration check refuses less).
+    ("postgresql_patroni_ttl", 20, 86400, None, "seconds, 20 (Patroni's minimum) or more"),
+    ("postgresql_patroni_loop_wait", 1, 3600, None, "seconds, 1 or more"),
+    ("postgresql_patroni_retry_timeout", 3, 3600, None, "seconds, 3 (Patroni's minimum) or more"),
 ]
 STACK_RANGES = [
     ("fastpg_db_port", 1, 65535, None, "a TCP port, 1 to 65535"),
@@ -324,11 +328,40 @@ def _patroni(hostvars, groups):
             errors.append(f"fastpg_backups is true on {host}, which is in a Patroni cluster (fastpg_patroni); "
                           f"accepted: fastpg_backups false there - backups of a Patroni cluster are not built yet.")
         ttl, wait, retry = (_get(hv, f"postgresql_patroni_{k}", d)
-                            for k, d in (("ttl", 20), ("loop_wait", 5), ("retry_timeout", 5)))
+                            for k, d in (("ttl", 20), ("loop_wait", 3), ("retry_timeout", 5)))
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (ttl, wait, retry)) and ttl < wait + 2 * retry:
             errors.append(f"postgresql_patroni_ttl is {ttl} on {host}; accepted: at least postgresql_patroni_loop_wait "
                           f"+ 2 x postgresql_patroni_retry_timeout ({wait + 2 * retry}), or a member loses the leader "
                           f"key while it still retries etcd.")
+    return errors
+
+
+LOOPBACK_BIND = ("127.0.0.1", "localhost", "::1")
+
+
+def _front_door(hostvars, groups):
+    """A front door (loadbalancers): hosts of their own, their certificate and key on the
+    controller, and app hosts it can reach (not bound to loopback)."""
+    lbs = list(groups.get("loadbalancers") or [])
+    if not lbs:
+        return []
+    errors = []
+    tiers = set(groups.get("appservers") or []) | set(groups.get("dbservers") or [])
+    shared = [h for h in lbs if h in tiers]
+    if shared:
+        errors.append(f"{', '.join(shared)} is in loadbalancers and in dbservers or appservers; accepted: load "
+                      f"balancers of their own (HAProxy's configuration there is the front door's).")
+    for host in lbs:
+        for key in ("haproxy_front_door_certificate", "haproxy_front_door_key"):
+            path = _get(hostvars[host], key, "")
+            if not path or not os.path.isfile(str(path)):
+                errors.append(f"{key} is {path!r} on {host}; accepted: the path on the controller of a PEM file "
+                              f"(the front door terminates TLS with it).")
+    for host in groups.get("appservers") or []:
+        bind = str(_get(hostvars[host], "fastapi_app_bind_address", "127.0.0.1"))
+        if bind in LOOPBACK_BIND:
+            errors.append(f"fastapi_app_bind_address is {bind!r} on {host}, behind the load balancers "
+                          f"({', '.join(lbs)}); accepted: an address they reach, such as 0.0.0.0 or the host's own.")
     return errors
 
 
@@ -369,7 +402,8 @@ def preflight(hosts, hostvars, groups, specs, defaults, stack):
         password = _get(hv, "fastpg_db_password")
         if password is not None:
             errors += _password(f"fastpg_db_password on {host}", password)
-    return errors + _backup_host(hostvars, groups) + _monitoring_host(groups) + _patroni(hostvars, groups)
+    return (errors + _backup_host(hostvars, groups) + _monitoring_host(groups) + _patroni(hostvars, groups)
+            + _front_door(hostvars, groups))
 
 
 class FilterModule:

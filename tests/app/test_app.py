@@ -167,6 +167,8 @@ async def unreachable_database(app_module, monkeypatch):
 
     dead = create_async_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{_free_port()}/none")
     monkeypatch.setattr(app_module, "ReadSessionLocal", async_sessionmaker(dead))
+    monkeypatch.setattr(app_module, "ReplicaSessionLocal", async_sessionmaker(dead))
+    monkeypatch.setattr(app_module.database, "SessionLocal", async_sessionmaker(dead))
     yield
     await dead.dispose()
 
@@ -175,6 +177,27 @@ async def test_health_is_503_when_database_unreachable(client, unreachable_datab
     r = await client.get("/health")
     assert r.status_code == 503
     assert r.json() == {"status": "unhealthy", "database": "disconnected"}
+
+
+async def test_a_write_without_its_database_is_503_with_when_to_try_again(client, unreachable_database):
+    r = await client.post("/users/", json={"username": "nodb", "email": "nodb@example.com", "password": "password-1"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json() == {"detail": "database unavailable, try again"}
+
+
+async def test_a_read_on_the_replicas_is_tried_once_more_on_a_lost_connection(app_module, monkeypatch):
+    """A read whose connection was cut (a replica promoted or restarted) is made again on a new one."""
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+
+    calls = []
+
+    async def query(session):
+        calls.append(1)
+        if len(calls) == 1:
+            raise DBAPIError("SELECT 1", {}, ConnectionResetError("cut"), connection_invalidated=True)
+        return "answered"
+
+    assert await app_module.replica_read(query) == "answered" and len(calls) == 2
 
 
 async def test_metrics_report_an_unreachable_database(client, unreachable_database):

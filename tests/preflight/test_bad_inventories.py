@@ -59,6 +59,12 @@ def backup_hosts(*names, **db_values):
     return change
 
 
+def load_balancer(**values):
+    def change(a):
+        a["children"]["loadbalancers"] = {"hosts": {"lb1": {"ansible_host": "fastpg-absent-lb1", **values}}}
+    return change
+
+
 OLD_UVICORN = str(Path(__file__).resolve().parent / "apps" / "old-uvicorn")
 TRUSTED_HOST = str(Path(__file__).resolve().parent / "apps" / "trusted-host")
 
@@ -198,9 +204,19 @@ CASES = {
         db(fastpg_patroni=True, fastpg_replication_password="ha-replication-secret",
            fastpg_rewind_password="ha-rewind-secret-0", fastpg_patroni_api_password="ha-api-secret-01"),
         r"fastpg_patroni is true, and dbservers has 1 hosts; accepted: 3 or 5 database hosts"),
+    "Patroni's leader key shorter than it accepts": (
+        db(postgresql_patroni_ttl=15),
+        r"postgresql_patroni_ttl is 15 on db1; accepted: seconds, 20 \(Patroni's minimum\) or more"),
     "Patroni without its passwords": (
         db(fastpg_patroni=True),
         r"fastpg_replication_password is not set on db1; accepted: a password of 12 or more characters"),
+    "a front door without its certificate": (
+        load_balancer(),
+        r"haproxy_front_door_certificate is '' on lb1; accepted: the path on the controller of a PEM file"),
+    "a front door before apps that listen on loopback only": (
+        load_balancer(haproxy_front_door_certificate=__file__, haproxy_front_door_key=__file__),
+        r"fastapi_app_bind_address is '127.0.0.1' on app1, behind the load balancers \(lb1\); accepted: an address "
+        r"they reach"),
     "no database hosts at all": (no_dbservers, r"fastpg_db_host is 'db1', which is no dbservers host.*"
                                                r"none: the dbservers group is empty"),
 }
@@ -243,8 +259,13 @@ def test_preflight_is_the_first_play_of_site_yml(run_site):
     first_after = out.index("PLAY [", pre + 1)
     assert "= 213 of postgresql_max_connections 300: ok" in out[pre:first_after]
     assert TOUCHED not in out[:first_after]
-    assert out[first_after:].startswith("PLAY [Install | The app hosts")
-    assert TOUCHED in out[first_after:]
+    rest = out[first_after:]
+    # The load balancers' addresses come first; without any, that play matches no host.
+    if rest.startswith("PLAY [Install | Learn the addresses of the load balancers]"):
+        assert "skipping: no hosts matched" in rest[:rest.index("PLAY [", 1)]
+        rest = rest[rest.index("PLAY [", 1):]
+    assert rest.startswith("PLAY [Install | The app hosts")
+    assert TOUCHED in rest
 
 
 def test_apps_beside_the_default_one_have_a_line_each_in_the_budget(run_site):

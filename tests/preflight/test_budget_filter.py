@@ -105,12 +105,14 @@ def test_under_patroni_every_member_holds_every_app_and_patroni_itself():
                                   allowance=10)
     assert [d["host"] for d in result["databases"]] == ["pg1", "pg2", "pg3"]
     for d in result["databases"]:
-        # 2 x 2 x (20 + 30) app peak + 2 Patroni + 3 superuser + 10 allowance
-        assert (d["peak"], d["patroni"], d["total"], d["senders"]) == (200, 2, 215, 3)
+        # 2 app hosts x 2 pools (primary, replicas' route) x 2 workers x (20 + 30) app peak
+        # + 2 Patroni + 3 superuser + 10 allowance
+        assert (d["peak"], d["patroni"], d["total"], d["senders"]) == (400, 2, 415, 3)
         assert not d["ok"]
     text = "\n".join(result["report"])
     assert "a1  fastapi-app" not in text and "pg1 or pg2 or pg3" in text
-    assert "pg1: 200 app peak + 2 Patroni + 3 superuser_reserved_connections" in text
+    assert "pg1: 400 app peak + 2 Patroni + 3 superuser_reserved_connections" in text
+    assert "x 2 under Patroni" in text
     assert "pg1 as primary: 2 streaming replicas + 1 base backup = 3 WAL senders of max_wal_senders 10: ok" in text
     assert "any can become the primary" in text
 

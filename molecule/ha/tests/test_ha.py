@@ -2,11 +2,14 @@
 controller through both app hosts, with every failed request counted and printed."""
 
 import base64
+import http.client
 import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
+import uuid
 import sys
 import time
 import urllib.error
@@ -24,12 +27,13 @@ testinfra_hosts = ["ansible://fastpg-pg1"]
 ROOT = Path(__file__).resolve().parents[3]
 MEMBERS = ("fastpg-pg1", "fastpg-pg2", "fastpg-pg3")
 APPS = ("fastpg-ha-app1", "fastpg-ha-app2")
+LB = "fastpg-lb"
 SCENARIO = yaml.safe_load((ROOT / "molecule" / "ha" / "molecule.yml").read_text())
 GROUP_VARS = SCENARIO["provisioner"]["inventory"]["group_vars"]
 API_AUTH = "Basic " + base64.b64encode(
     f"patroni:{GROUP_VARS['all']['fastpg_patroni_api_password']}".encode()).decode()
 # Patroni's timings (the role's defaults): a lost primary is replaced within ttl + loop_wait.
-TTL, LOOP_WAIT = 20, 5
+TTL, LOOP_WAIT = 20, 3
 
 
 def api(member, path, method="GET", body=None, auth=True, timeout=10):
@@ -109,16 +113,28 @@ def playbook(*args, site="fastpg.stack.site"):
     return done.returncode, done.stdout + done.stderr
 
 
+def front_door_tls():
+    """The test CA's chain checked; the host name is not, as the load is sent to the address."""
+    context = ssl.create_default_context(cafile=str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "tls"
+                                                    / "ca.crt"))
+    context.check_hostname = False
+    return context
+
+
 class Drill:
-    """Reads through fastpg-ha-app1 and writes through fastpg-ha-app2, from before the change
-    until after it; the figures are printed."""
+    """Reads and writes through the front door (HTTPS, keep-alive), from before the change until
+    after it; the figures are printed."""
 
     def __init__(self, name):
-        self.name = name
+        # Usernames of their own, however many runs the database has seen.
+        self.name, self.prefix = name, f"{name}-{uuid.uuid4().hex[:6]}-"
 
     def __enter__(self):
-        self.reads = SteadyLoad(container_address(APPS[0]), clients=8, paths=("/health", "/users/?limit=5"))
-        self.writes = SteadyWrites(container_address(APPS[1]), clients=4, prefix=f"{self.name}-")
+        lb = container_address(LB)
+        # The users API's reads: on the replicas' route (database.read_engine).
+        self.reads = SteadyLoad(lb, port=443, tls=front_door_tls(), clients=8,
+                                paths=("/users/?limit=5", "/users/?skip=1&limit=1"))
+        self.writes = SteadyWrites(lb, port=443, tls=front_door_tls(), clients=4, prefix=self.prefix)
         self.reads.__enter__()
         self.writes.__enter__()
         self.started = time.monotonic()
@@ -133,8 +149,20 @@ class Drill:
 
     def missing_writes(self):
         """The acknowledged writes the current primary does not have."""
-        names = psql(leader(), "SELECT username FROM users WHERE username LIKE '%s-%%'" % self.name).split()
+        names = psql(leader(), "SELECT username FROM users WHERE username LIKE '%s%%'" % self.prefix).split()
         return sorted(set(self.writes.acked) - set(names))
+
+
+def test_the_single_hosts_cluster_became_the_patroni_cluster_with_its_data():
+    """prepare ran fastpg-pg1 as the only database host, without Patroni, and wrote a table; the
+    converge (three hosts, fastpg_patroni) handed that cluster to Patroni."""
+    sysid = (Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "single-host-sysid").read_text().strip()
+    for member in MEMBERS:
+        assert psql(member, "SELECT system_identifier FROM pg_control_system()") == sysid
+        assert psql(member, "SELECT word FROM single_host_marker") == "kept from the single host"
+    # Its own unit is off for good: only Patroni starts the server.
+    assert docker("exec", "fastpg-pg1", "cat", "/etc/postgresql/17/main/start.conf") == "disabled"
+    assert docker("exec", "fastpg-pg1", "systemctl", "is-enabled", "postgresql@17-main", check=False) == "disabled"
 
 
 def test_one_primary_and_two_streaming_replicas_with_the_computed_settings():
@@ -147,9 +175,11 @@ def test_one_primary_and_two_streaming_replicas_with_the_computed_settings():
         # The replicas stream over TLS.
     primary = leader()
     assert psql(primary, "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_replication USING (pid) WHERE ssl") == "2"
-    # No leader change since the cluster was created: none outside the drills below.
+    # No leader change outside the drills below: the history holds at most the takeover's own
+    # promotion of fastpg-pg1, whose data the cluster is, and it still leads.
     status, history = api(primary, "/history")
-    assert status == 200 and history == [], history
+    assert status == 200 and len(history) <= 1 and all(h[4] == "fastpg-pg1" for h in history), history
+    assert primary == "fastpg-pg1"
 
 
 def test_patroni_files_keep_their_secrets(host):
@@ -171,16 +201,119 @@ def test_the_rest_api_writes_need_the_password():
     assert api(replica, "/replica", auth=False)[0] == 200
 
 
-def test_the_apps_reach_the_primary_through_haproxy():
+def test_the_apps_write_to_the_primary_and_read_from_the_replicas_through_haproxy():
     for app in APPS:
-        status = docker("exec", app, "python3", "-c",
-                        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/health').read())")
-        assert '"database":"connected"' in status
+        for path in ("/health", "/users/?limit=1"):
+            body = docker("exec", app, "python3", "-c", "import urllib.request; "
+                          f"print(urllib.request.urlopen('http://127.0.0.1:8000{path}').read())")
+            assert "database" in body or body.startswith("b'["), body
     primary = leader()
-    # The app's sessions are on the primary (HAProxy's primary route), none on a replica.
-    for member in MEMBERS:
-        count = int(psql(member, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'fastpg'"))
-        assert (count > 0) == (member == primary), (member, count)
+    sessions = {m: int(psql(m, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'fastpg'")) for m in MEMBERS}
+    print(f"\nthe apps' sessions per member ({primary} the primary): {sessions}")
+    # The primary's pools (HAProxy's primary route) and the read pools (its replicas' route).
+    assert sessions[primary] > 0
+    assert sum(n for m, n in sessions.items() if m != primary) > 0
+    env = docker("exec", APPS[0], "sh", "-c", "cat /opt/fastapi-app/current/app.env")
+    assert "@127.0.0.1:5000/fastpg" in env and "FASTPG_DATABASE_READ_URL=postgresql+asyncpg://fastpg@127.0.0.1:5001/" in env
+
+
+def prometheus(promql):
+    """An instant query on the monitoring host (fastpg-lb), through promtool."""
+    return json.loads(docker("exec", LB, "promtool", "query", "instant", "-o", "json", "http://127.0.0.1:9090",
+                             promql) or "[]")
+
+
+def test_prometheus_scrapes_every_member_and_knows_the_ha_alerts():
+    by_member = wait_for("Patroni's metrics from every member", lambda: (lambda rows: rows if len(rows) == 3 else None)(
+        {r["metric"]["name"]: r["value"][1] for r in prometheus('patroni_primary{job="patroni"}')}), timeout=60)
+    assert sorted(by_member.values()) == ["0", "0", "1"] and by_member[leader()] == "1"
+    rules = docker("exec", LB, "cat", "/etc/prometheus/fastpg-rules.yml")
+    assert "alert: PatroniNoLeader" in rules and "alert: PatroniReplicationLag" in rules
+    assert "SUCCESS" in docker("exec", LB, "sh", "-c", "cd /etc/prometheus && promtool test rules fastpg-rules.test.yml")
+    # Nothing fires on a healthy cluster.
+    assert prometheus('ALERTS{alertname=~"Patroni.*"}') == []
+
+
+def lb_get(path, port=443, headers=None):
+    conn = (http.client.HTTPSConnection(container_address(LB), port, timeout=10, context=front_door_tls())
+            if port == 443 else http.client.HTTPConnection(container_address(LB), port, timeout=10))
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    conn.close()
+    return resp.status, dict(resp.getheaders()), body
+
+
+def test_the_front_door_serves_https_and_sends_http_there():
+    status, _, body = lb_get("/health")
+    assert status == 200 and '"database":"connected"' in body
+    status, headers, _ = lb_get("/health", port=80)
+    assert status == 301 and headers["location"].startswith("https://")
+
+
+def access_log_lines(probe):
+    return [line for app in APPS for line in docker(
+        "exec", app, "journalctl", "-u", "fastapi-app", "-o", "cat", "--no-pager", "--since", "-2min").splitlines()
+        if probe in line]
+
+
+def test_the_apps_believe_the_forwarded_headers_of_the_load_balancer_only():
+    controller = docker("network", "inspect", "fastpg-ha", "-f", "{{(index .IPAM.Config 0).Gateway}}")
+    forged = {"X-Forwarded-For": "203.0.113.7"}
+    through, direct = f"lb-{uuid.uuid4().hex}", f"direct-{uuid.uuid4().hex}"
+    assert lb_get(f"/health?probe={through}", headers=forged)[0] == 200
+    conn = http.client.HTTPConnection(container_address(APPS[0]), 8000, timeout=10)
+    conn.request("GET", f"/health?probe={direct}", headers=forged)
+    assert conn.getresponse().status == 200
+    lines = wait_for("the access log lines", lambda: (access_log_lines(through), access_log_lines(direct))
+                     if access_log_lines(through) and access_log_lines(direct) else None, timeout=10)
+    print(f"\nthrough the front door: {lines[0]}\ndirect, with a forged header: {lines[1]}")
+    # Through the front door: the controller's address, as the load balancer saw it (not the
+    # load balancer's own, not the forged one); directly: the forged header is ignored.
+    assert f" {controller}:" in lines[0][0] and "203.0.113.7" not in lines[0][0]
+    assert container_address(LB) not in lines[0][0]
+    assert f" {controller}:" in lines[1][0] and "203.0.113.7" not in lines[1][0]
+
+
+def test_a_rolling_deploy_through_the_front_door_fails_no_request():
+    with Drill("deploy") as drill:
+        rc, out = playbook("-e", json.dumps({"fastapi_app_pool_size": 4}), site="fastpg.stack.app")
+    assert rc == 0, out[-3000:]
+    flat = re.sub(r"\s+", " ", out)
+    # Each app host was drained before its restart and returned after it.
+    for app in APPS:
+        assert re.search(rf"TASK \[fastpg.stack.fastapi_app : Switch \| Drain the host from the load balancers\] "
+                         rf"[^\[]*changed: \[{app} -> fastpg-lb\]", flat), app
+        assert re.search(rf"Undrain \| Return the host to the load balancers\] [^\[]*changed: \[{app} -> fastpg-lb\]",
+                         flat), app
+    assert drill.reads.failed == 0 and drill.writes.failed == 0
+    assert drill.reads.ok > 100 and len(drill.writes.acked) > 20
+    assert not drill.missing_writes()
+
+
+def test_an_app_host_stopped_the_front_door_routes_around_it():
+    try:
+        with Drill("appstop") as drill:
+            time.sleep(2)
+            docker("stop", "--time", "0", APPS[0])
+            time.sleep(5)
+    finally:
+        docker("start", APPS[0])
+    assert drill.reads.failed == 0
+    print(f"appstop: {drill.writes.failed} failed writes, reported to their clients (a POST is not retried)")
+    assert not drill.missing_writes()
+    # Back in the rotation once its app passes the load balancer's checks again.
+    wait_for("the app host back behind the front door", lambda: lb_status(APPS[0]) == "UP", timeout=120)
+
+
+def lb_status(server):
+    """The server's status in the front door's backend (HAProxy's admin socket: show stat)."""
+    stat = docker("exec", LB, "python3", "-c", "import socket; s = socket.socket(socket.AF_UNIX); "
+                  "s.connect('/run/haproxy/admin.sock'); s.sendall(b'show stat\\n'); print(s.makefile().read())")
+    lines = stat.splitlines()
+    fields = lines[0].lstrip("# ").split(",")
+    rows = [line.split(",") for line in lines[1:]]
+    return next((row[fields.index("status")] for row in rows if row[:2] == ["fastpg-apps", server]), None)
 
 
 def test_a_setting_the_server_refuses_never_reaches_etcd():
@@ -192,26 +325,6 @@ def test_a_setting_the_server_refuses_never_reaches_etcd():
     assert "refuses these settings" in flat and "Patroni's dynamic configuration was left as it was" in flat
     assert 'invalid value for parameter "shared_buffers": "64XB"' in flat
     assert api(MEMBERS[0], "/config")[1] == before
-
-
-def test_a_setting_that_needs_a_restart_rolls_through_the_replicas_first():
-    primary = leader()
-    started = {m: psql(m, "SELECT pg_postmaster_start_time()") for m in MEMBERS}
-    with Drill("rolling") as drill:
-        rc, out = playbook("-e", json.dumps({"postgresql_settings": {"shared_buffers": "96MB"}}),
-                           site="fastpg.stack.database")
-    assert rc == 0, out[-3000:]
-    assert not drill.missing_writes()
-    restarted = {m: psql(m, "SELECT pg_postmaster_start_time()") for m in MEMBERS}
-    for member in MEMBERS:
-        assert psql(member, "SHOW shared_buffers") == "96MB"
-        assert restarted[member] > started[member]
-    # Replicas first, the primary last; the primary stays the primary.
-    assert max(restarted[m] for m in MEMBERS if m != primary) < restarted[primary]
-    assert leader() == primary
-    rc, out = playbook("-e", json.dumps({"postgresql_settings": {"shared_buffers": "96MB"}}),
-                       site="fastpg.stack.database")
-    assert rc == 0 and re.search(r"fastpg-pg1\s*:.*changed=0", out), out[-2000:]
 
 
 def test_the_primarys_postmaster_killed_restarts_in_place():
@@ -244,7 +357,8 @@ def test_the_primarys_host_stopped_a_replica_takes_over_within_30_s():
         print(f"hoststop: {old} stopped, {new} took over; {gap:.1f} s without a write")
         assert gap < 30
         missing = drill.missing_writes()
-        print(f"hoststop: {len(missing)} acknowledged writes missing on the new primary (asynchronous replication)")
+        print(f"hoststop (asynchronous): {len(drill.writes.acked)} acknowledged writes, {len(missing)} missing on "
+              f"the new primary")
         # The app was not restarted.
         for app in APPS:
             assert docker("exec", app, "systemctl", "show", "-P", "NRestarts", "fastapi-app") == "0"
@@ -255,6 +369,98 @@ def test_the_primarys_host_stopped_a_replica_takes_over_within_30_s():
     assert leader() != old
 
 
+def test_a_planned_switchover_fails_no_read_and_loses_no_write():
+    old = leader()
+    new = next(m for m in MEMBERS if m != old)
+    with Drill("switchover") as drill:
+        time.sleep(2)
+        status, body = api(old, "/switchover", "POST", {"leader": old, "candidate": new}, timeout=60)
+        assert status == 200, body
+        wait_for("writes on the new primary", lambda: leader() == new
+                 and drill.writes.ok_times[-1] > time.monotonic() - 1, timeout=60)
+        time.sleep(2)
+    print(f"switchover: {old} to {new}; {drill.writes.longest_gap():.1f} s without a write")
+    assert drill.reads.failed == 0
+    # A write cut by the switchover failed to its client, which was told (HTTP 503 or 500), and
+    # never counted as done: every acknowledged one is on the new primary.
+    assert not drill.missing_writes()
+    assert wait_for("the old primary back as a replica", healthy_cluster, timeout=120)
+
+
+def test_failover_time_of_haproxys_route_against_libpq_multihost():
+    """The two ways an app can find the primary, measured side by side in one switchover
+    (failover_probe.py on an app host)."""
+    app, old = APPS[0], leader()
+    new = next(m for m in MEMBERS if m != old)
+    docker("cp", str(Path(__file__).with_name("failover_probe.py")), f"{app}:/root/failover_probe.py")
+    members = " ".join(container_address(m) for m in MEMBERS)
+    probe = subprocess.Popen(
+        ["docker", "exec", app, "sh", "-c", "set -a; . /opt/fastapi-app/current/app.env; set +a; "
+         f"exec /opt/fastapi-app/current/venv/bin/python /root/failover_probe.py 30 {members}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)
+    assert api(old, "/switchover", "POST", {"leader": old, "candidate": new}, timeout=60)[0] == 200
+    out, err = probe.communicate(timeout=60)
+    assert probe.returncode == 0, err
+    ways = json.loads(out)
+    print(f"\nfailover ({old} to {new}, switchover), longest time without a write: "
+          f"HAProxy's route {ways['haproxy']['longest_gap_s']} s ({ways['haproxy']['failed_attempts']} failed "
+          f"attempts), libpq-style multi-host {ways['multihost']['longest_gap_s']} s "
+          f"({ways['multihost']['failed_attempts']} failed attempts)")
+    assert ways["haproxy"]["longest_gap_s"] < 30 and ways["multihost"]["longest_gap_s"] < 30
+    assert wait_for("the old primary back as a replica", healthy_cluster, timeout=120)
+
+
+# The rest run in synchronous mode, turned on with the change below.
+SYNCHRONOUS = {"postgresql_settings": {"shared_buffers": "96MB"}, "postgresql_patroni_synchronous_mode": True}
+
+
+def test_a_setting_that_needs_a_restart_rolls_through_the_replicas_first():
+    """shared_buffers (a restart) and synchronous_mode (a reload) changed in one run."""
+    primary = leader()
+    started = {m: psql(m, "SELECT pg_postmaster_start_time()") for m in MEMBERS}
+    with Drill("rolling") as drill:
+        rc, out = playbook("-e", json.dumps(SYNCHRONOUS), site="fastpg.stack.database")
+    assert rc == 0, out[-3000:]
+    assert not drill.missing_writes()
+    restarted = {m: psql(m, "SELECT pg_postmaster_start_time()") for m in MEMBERS}
+    for member in MEMBERS:
+        assert psql(member, "SHOW shared_buffers") == "96MB"
+        assert restarted[member] > started[member]
+    # Replicas first, the primary last; the primary stays the primary.
+    assert max(restarted[m] for m in MEMBERS if m != primary) < restarted[primary]
+    assert leader() == primary
+    assert api(MEMBERS[0], "/config")[1]["synchronous_mode"] is True
+    assert wait_for("a synchronous standby", lambda: any(
+        m["role"] == "sync_standby" for m in cluster()["members"]), timeout=60)
+    rc, out = playbook("-e", json.dumps(SYNCHRONOUS), site="fastpg.stack.database")
+    assert rc == 0 and all(re.search(rf"{m}\s*:.*changed=0", out) for m in MEMBERS), out[-2000:]
+
+
+def test_synchronous_mode_loses_no_acknowledged_write_when_the_primary_host_stops():
+    assert wait_for("a synchronous standby", lambda: any(
+        m["role"] == "sync_standby" for m in cluster()["members"]), timeout=60)
+    old = leader()
+    try:
+        with Drill("syncstop") as drill:
+            time.sleep(2)
+            docker("stop", "--time", "0", old)
+            new = wait_for("a new primary", lambda: (lambda name: name if name not in (None, old) else None)(
+                leader()), timeout=60)
+            wait_for("writes on the new primary", lambda: drill.writes.ok_times[-1] > time.monotonic() - 1,
+                     timeout=60)
+            time.sleep(2)
+    finally:
+        docker("start", old, check=False)
+    gap, missing = drill.writes.longest_gap(), drill.missing_writes()
+    print(f"syncstop (synchronous): {old} stopped, {new} took over; {gap:.1f} s without a write; "
+          f"{len(drill.writes.acked)} acknowledged writes, {len(missing)} missing on the new primary")
+    # Synchronous mode waits, after the promotion, for the remaining replica to follow the new
+    # primary and be named its synchronous standby: a few seconds more than asynchronous.
+    assert gap < 40 and not missing
+    assert wait_for("the old primary back as a replica", healthy_cluster, timeout=180)
+
+
 def test_a_replica_stopped_and_started_rejoins_and_catches_up():
     primary = leader()
     replica = next(m for m in MEMBERS if m != primary)
@@ -263,11 +469,12 @@ def test_a_replica_stopped_and_started_rejoins_and_catches_up():
         time.sleep(3)
         docker("exec", replica, "systemctl", "start", "patroni@17-main")
         wait_for("the replica streaming again", healthy_cluster, timeout=120)
-    assert drill.reads.failed == 0 and drill.writes.failed == 0
+    # A read in flight on the replica as it stopped may fail (its sessions are cut); writes do not.
+    assert drill.writes.failed == 0 and drill.reads.failed <= 2
     # Caught up: it has every acknowledged write.
     wanted = len(drill.writes.acked)
     wait_for("the replica to catch up", lambda: int(psql(
-        replica, "SELECT count(*) FROM users WHERE username LIKE 'replica-%'")) >= wanted, timeout=30)
+        replica, f"SELECT count(*) FROM users WHERE username LIKE '{drill.prefix}%'")) >= wanted, timeout=30)
     assert leader() == primary
 
 
@@ -276,7 +483,8 @@ def test_one_etcd_member_lost_changes_nothing():
     other = next(m for m in MEMBERS if m != primary)
     with Drill("etcd") as drill:
         docker("exec", other, "systemctl", "stop", "etcd")
-        time.sleep(TTL + LOOP_WAIT)
+        # Longer than Patroni retries etcd (retry_timeout, 5 s) plus a loop (loop_wait).
+        time.sleep(5 + LOOP_WAIT + 4)
         docker("exec", other, "systemctl", "start", "etcd")
         time.sleep(3)
     assert leader() == primary
@@ -286,8 +494,13 @@ def test_one_etcd_member_lost_changes_nothing():
 
 def test_the_whole_cluster_restarted_keeps_the_data():
     before = psql(leader(), "SELECT count(*), max(id) FROM users")
+    # All stopped at once (each one's systemd stops Patroni, which stops its server cleanly), then
+    # started in their first order: the test network then gives each its address again, as a
+    # real host keeps its own.
+    stops = [subprocess.Popen(["docker", "stop", "--time", "30", m], stdout=subprocess.DEVNULL) for m in MEMBERS]
+    assert all(s.wait(timeout=120) == 0 for s in stops)
     for member in MEMBERS:
-        docker("restart", "--time", "30", member)
+        docker("start", member)
     # The members' keys outlive them in etcd for up to ttl: ask the primary itself.
     assert wait_for("a primary that takes writes, and its replicas streaming", lambda: psql(
         leader(), "SELECT NOT pg_is_in_recovery()") == "t" and healthy_cluster(), timeout=180)

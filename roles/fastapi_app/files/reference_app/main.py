@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -127,6 +127,24 @@ app.add_middleware(Instrument)
 ReadSessionLocal = async_sessionmaker(
     database.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
 )
+# The users API's reads may lag a moment: on the replicas when there are (database.read_engine).
+ReplicaSessionLocal = async_sessionmaker(
+    database.read_engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+)
+
+
+async def replica_read(query):
+    """`await query(session)` on the replicas' pool; once more on a new connection when the first
+    was cut (a replica restarted or promoted, HAProxy closing its sessions): a read is safe to
+    repeat, and the pool has dropped the dead connection meanwhile."""
+    for last in (False, True):
+        try:
+            async with opened(ReplicaSessionLocal) as session:
+                return await query(session)
+        except (DBAPIError, OSError) as exc:
+            if last or not (isinstance(exc, OSError) or exc.connection_invalidated):
+                raise
+            log.warning("read on a lost connection, once more: %s", exc)
 
 
 class opened:
@@ -186,15 +204,25 @@ async def create_user(body: UserCreate):
         email=str(body.email),
         hashed_password=hasher.hash(body.password),
     )
-    async with opened(database.SessionLocal) as session:
-        session.add(user)
-        try:
-            await session.commit()
-        except IntegrityError:
-            await session.rollback()
-            raise HTTPException(status_code=400, detail="username or email already registered")
-        await session.refresh(user)
-        return user
+    try:
+        async with opened(database.SessionLocal) as session:
+            session.add(user)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                raise HTTPException(status_code=400, detail="username or email already registered")
+            await session.refresh(user)
+            return user
+    except (DBAPIError, OSError) as exc:
+        # The primary is out (a failover) or its connection was cut: not done, say so, and when
+        # to try again. A commit whose answer was lost may have been made: a retry then meets
+        # the unique username (400).
+        if isinstance(exc, DBAPIError) and not exc.connection_invalidated:
+            raise
+        log.error("write: database unavailable: %s", exc)
+        return JSONResponse(status_code=503, content={"detail": "database unavailable, try again"},
+                            headers={"Retry-After": "1"})
 
 
 @app.get("/users/", response_model=list[UserOut])
@@ -202,15 +230,15 @@ async def list_users(
     skip: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ):
-    async with opened(ReadSessionLocal) as session:
-        rows = await session.scalars(LIST_USERS, {"skip": skip, "limit": limit})
-        return rows.all()
+    async def query(session):
+        return (await session.scalars(LIST_USERS, {"skip": skip, "limit": limit})).all()
+
+    return await replica_read(query)
 
 
 @app.get("/users/{user_id}", response_model=UserOut)
 async def get_user(user_id: int):
-    async with opened(ReadSessionLocal) as session:
-        user = await session.get(User, user_id)
+    user = await replica_read(lambda session: session.get(User, user_id))
     if user is None:
         raise HTTPException(status_code=404, detail="user not found")
     return user
