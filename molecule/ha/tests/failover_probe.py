@@ -29,7 +29,9 @@ async def writer(way, connect, until):
             now = time.monotonic()
             longest = max(longest, now - last) if last else 0.0
             last = now
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        # InternalClientError: a connection whose statement a timeout cancelled is still busy.
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                asyncpg.exceptions.InternalClientError):
             failures += 1
             if conn is not None:
                 conn.terminate()
