@@ -324,9 +324,11 @@ def _patroni(hostvars, groups):
             errors += (_password(f"{key} on {host}", password) if password is not None else
                        [f"{key} is not set on {host}; accepted: a password of 12 or more characters, kept in the "
                         f"inventory with ansible-vault (fastpg_patroni needs it)."])
-        if _get(hv, "fastpg_backups", False) is True:
-            errors.append(f"fastpg_backups is true on {host}, which is in a Patroni cluster (fastpg_patroni); "
-                          f"accepted: fastpg_backups false there - backups of a Patroni cluster are not built yet.")
+        # Each member archives when it is the primary: to one repository, off the members.
+        if _get(hv, "fastpg_backups", False) is True and not groups.get("backupservers"):
+            errors.append(f"fastpg_backups is true on {host}, which is in a Patroni cluster (fastpg_patroni), and "
+                          f"there is no backup host; accepted: one host in backupservers (the repository every member "
+                          f"archives to, whichever is the primary), or fastpg_backups false.")
         ttl, wait, retry = (_get(hv, f"postgresql_patroni_{k}", d)
                             for k, d in (("ttl", 20), ("loop_wait", 3), ("retry_timeout", 5)))
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (ttl, wait, retry)) and ttl < wait + 2 * retry:

@@ -210,6 +210,10 @@ CASES = {
     "Patroni without its passwords": (
         db(fastpg_patroni=True),
         r"fastpg_replication_password is not set on db1; accepted: a password of 12 or more characters"),
+    "Patroni's backups without a backup host": (
+        db(fastpg_patroni=True, fastpg_backups=True),
+        r"fastpg_backups is true on db1, which is in a Patroni cluster \(fastpg_patroni\), and there is no backup "
+        r"host; accepted: one host in backupservers"),
     "a front door without its certificate": (
         load_balancer(),
         r"haproxy_front_door_certificate is '' on lb1; accepted: the path on the controller of a PEM file"),

@@ -418,16 +418,27 @@ def test_failover_time_of_haproxys_route_against_libpq_multihost():
     assert wait_for("the old primary back as a replica", healthy_cluster, timeout=120)
 
 
-# The rest run in synchronous mode, turned on with the change below.
+# The rest run in synchronous mode, turned on with the change below. In the inventory, as an
+# operator makes it: an extra var would replace the stack's postgresql_settings (the archiving
+# with fastpg_backups among them), not add to them.
 SYNCHRONOUS = {"postgresql_settings": {"shared_buffers": "96MB"}, "postgresql_patroni_synchronous_mode": True}
+
+
+def change_the_inventory(members, values):
+    """host_vars beside the scenario's inventory, kept for the rest of the scenario."""
+    host_vars = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent / "host_vars"
+    host_vars.mkdir(exist_ok=True)
+    for member in members:
+        (host_vars / f"{member}.yml").write_text(yaml.safe_dump(values))
 
 
 def test_a_setting_that_needs_a_restart_rolls_through_the_replicas_first():
     """shared_buffers (a restart) and synchronous_mode (a reload) changed in one run."""
     primary = leader()
     started = {m: psql(m, "SELECT pg_postmaster_start_time()") for m in MEMBERS}
+    change_the_inventory(MEMBERS, SYNCHRONOUS)
     with Drill("rolling") as drill:
-        rc, out = playbook("-e", json.dumps(SYNCHRONOUS), site="fastpg.stack.database")
+        rc, out = playbook(site="fastpg.stack.database")
     assert rc == 0, out[-3000:]
     assert not drill.missing_writes()
     restarted = {m: psql(m, "SELECT pg_postmaster_start_time()") for m in MEMBERS}
@@ -440,7 +451,8 @@ def test_a_setting_that_needs_a_restart_rolls_through_the_replicas_first():
     assert api(MEMBERS[0], "/config")[1]["synchronous_mode"] is True
     assert wait_for("a synchronous standby", lambda: any(
         m["role"] == "sync_standby" for m in cluster()["members"]), timeout=60)
-    rc, out = playbook("-e", json.dumps(SYNCHRONOUS), site="fastpg.stack.database")
+    assert psql(primary, "SHOW archive_mode") == "on"
+    rc, out = playbook(site="fastpg.stack.database")
     assert rc == 0 and all(re.search(rf"{m}\s*:.*changed=0", out) for m in MEMBERS), out[-2000:]
 
 
@@ -499,11 +511,76 @@ def test_the_whole_cluster_restarted_keeps_the_data():
     assert psql(leader(), "SELECT count(*), max(id) FROM users") == before
 
 
-@pytest.mark.parametrize("name", ["restore", "upgrade"])
-def test_restore_and_upgrade_refuse_a_patroni_cluster_by_name(name):
-    rc, out = playbook("-e", f"fastpg_{name}_confirm=fastpg-pg1", site=f"fastpg.stack.{name}")
+def pgbackrest_backups():
+    """The repository's backups, as the backup host's pgBackRest lists them."""
+    return json.loads(docker("exec", LB, "runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=main", "info",
+                             "--output=json"))[0]["backup"]
+
+
+def wal_timeline(member):
+    return int(psql(member, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
+
+
+def test_a_point_in_time_restore_to_a_moment_after_a_failover():
+    """The converge's first backup is older than the drills' failovers: recovering to a moment
+    after them follows the archive across each new primary's timeline (every member archives
+    when it is the primary). playbooks/restore.yml restores one member and Patroni starts a new
+    cluster from it; the others copy it."""
+    backups = pgbackrest_backups()
+    backup_timeline = int(backups[0]["archive"]["start"][:8], 16)
+    if wal_timeline(leader()) == backup_timeline:  # run alone, without the drills above
+        old = leader()
+        assert api(old, "/switchover", "POST", {"leader": old, "candidate": next(m for m in MEMBERS if m != old)},
+                   timeout=60)[0] == 200
+        assert wait_for("the old primary back as a replica", healthy_cluster, timeout=120)
+    primary = leader()
+    timeline = wal_timeline(primary)
+    assert timeline > backup_timeline
+    sysid = psql(primary, "SELECT system_identifier FROM pg_control_system()")
+    psql(primary, "CREATE TABLE IF NOT EXISTS pitr_marker (word text PRIMARY KEY)")
+    psql(primary, "TRUNCATE pitr_marker; INSERT INTO pitr_marker VALUES ('before')")
+    time.sleep(1.5)
+    target = psql(primary, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00:00'")
+    time.sleep(1.5)
+    psql(primary, "INSERT INTO pitr_marker VALUES ('after')")
+
+    started = time.monotonic()
+    rc, out = playbook("-e", json.dumps({"fastpg_restore_confirm": "fastpg", "pgbackrest_restore_target": target}),
+                       site="fastpg.stack.restore")
+    took = time.monotonic() - started
+    assert rc == 0, out[-4000:]
+    assert wait_for("a leader and two streaming replicas", healthy_cluster, timeout=120)
+    restored = leader()
+    print(f"\npoint-in-time restore to {target}: backup {backups[0]['label']} (timeline {backup_timeline}), "
+          f"target on timeline {timeline}, {primary} the primary then; restored on {restored}, now on timeline "
+          f"{wal_timeline(restored)}; the playbook took {took:.0f} s (apps stopped to started)")
+    # Every member: the row before the target, not the one after; the same cluster and its
+    # single-host past.
+    for member in MEMBERS:
+        assert wait_for(f"{member} to have the restored rows", lambda: psql(
+            member, "SELECT string_agg(word, ',') FROM pitr_marker") == "before", timeout=30)
+        assert psql(member, "SELECT system_identifier FROM pg_control_system()") == sysid
+        assert psql(member, "SELECT word FROM single_host_marker") == "kept from the single host"
+        # Its data directory before the restore: moved aside, not deleted.
+        assert docker("exec", member, "sh", "-c", "ls -d /var/lib/postgresql/before-restore/*/17-main")
+    assert wal_timeline(restored) > timeline
+    # The restored cluster archives, and its first backup is taken (the oldest may expire:
+    # pgbackrest_retention_full).
+    after = pgbackrest_backups()
+    assert after[-1]["label"] not in {b["label"] for b in backups} and after[-1]["type"] == "full"
+    assert int(after[-1]["archive"]["start"][:8], 16) == wal_timeline(restored)
+    status, _, body = lb_get("/health")
+    assert status == 200 and '"database":"connected"' in body
+
+
+def test_upgrade_refuses_a_patroni_cluster_and_restore_asks_for_its_name():
+    rc, out = playbook("-e", "fastpg_upgrade_confirm=fastpg-pg1", site="fastpg.stack.upgrade")
     flat = re.sub(r"\s+", " ", out)
     assert rc != 0
-    assert (f"fastpg-pg1 is a member of a Patroni cluster (fastpg_patroni), which playbooks/{name}.yml does not "
-            f"{name}") in flat
+    assert ("fastpg-pg1 is a member of a Patroni cluster (fastpg_patroni), which playbooks/upgrade.yml does not "
+            "upgrade") in flat
     assert "Nothing was changed" in flat and "changed=0" in flat
+    rc, out = playbook("-e", "fastpg_restore_confirm=fastpg-pg1", site="fastpg.stack.restore")
+    flat = re.sub(r"\s+", " ", out)
+    assert rc != 0
+    assert "Confirm with -e fastpg_restore_confirm=fastpg. Nothing was changed" in flat and "changed=0" in flat
