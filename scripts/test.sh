@@ -88,13 +88,19 @@ stage "molecule resilience" molecule test --scenario-name resilience
 stage "molecule backups" molecule test --scenario-name backups
 stage "molecule ha" molecule test --scenario-name ha
 
-# Platforms that need a registry image and PGDG: the platform scenario, once per image named.
-for platform in DEBIAN12 UBUNTU2204 UBUNTU2404 ROCKY9 ALMA9; do
+# Platforms that need a registry image (and PGDG, or their own distribution's mirror): the
+# platform scenario, once per image named (Fedora's and Amazon Linux's: built with
+# molecule/platform/Containerfile.rpm).
+for platform in DEBIAN12 UBUNTU2204 UBUNTU2404 ROCKY9 ALMA9 FEDORA44 FEDORA45 AMAZON2023; do
   var=FASTPG_IMAGE_$platform
+  case $platform in
+    FEDORA* | AMAZON*) needs="a registry image and the distribution's own mirror" ;;
+    *) needs="a registry image and PGDG" ;;
+  esac
   if [ -n "${!var:-}" ]; then
     stage "molecule platform ${platform,,}" env FASTPG_PLATFORM_IMAGE="${!var}" molecule test --scenario-name platform
   else
-    echo "--- molecule platform ${platform,,}: skipped ($var is not set: needs a registry image and PGDG, out of reach here)"
+    echo "--- molecule platform ${platform,,}: skipped ($var is not set: needs $needs, out of reach here)"
   fi
 done
 

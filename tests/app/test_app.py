@@ -1,6 +1,9 @@
 """The reference app against a real PostgreSQL, through its ASGI interface."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import text
@@ -53,8 +56,18 @@ async def test_password_is_stored_as_argon2_hash(client, app_module, unique):
             text("SELECT hashed_password FROM users WHERE id = :id"), {"id": r.json()["id"]}
         )
     assert stored.startswith("$argon2id$")
+    # argon2-cffi's default cost when the environment sets none.
+    assert "$m=65536,t=3,p=4$" in stored
     assert body["password"] not in stored
     assert app_module.hasher.verify(stored, body["password"])
+
+
+async def test_the_argon2_cost_comes_from_the_environment(app_dir, database_url, migrated):
+    env = dict(os.environ, FASTPG_DATABASE_URL=database_url, APP_ARGON2_TIME_COST="1",
+               APP_ARGON2_MEMORY_KIB="8192", APP_ARGON2_PARALLELISM="1")
+    done = subprocess.run([sys.executable, "-c", "import main; print(main.hasher.hash('x'))"], cwd=app_dir,
+                          env=env, capture_output=True, text=True, check=True)
+    assert "$m=8192,t=1,p=1$" in done.stdout
 
 
 async def test_health_counts_users(client, unique):
@@ -183,6 +196,21 @@ async def test_a_write_without_its_database_is_503_with_when_to_try_again(client
     r = await client.post("/users/", json={"username": "nodb", "email": "nodb@example.com", "password": "password-1"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json() == {"detail": "database unavailable, try again"}
+
+
+async def test_a_server_shutting_down_or_demoted_is_unavailable_not_an_error(app_module):
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+
+    class Orig(Exception):
+        def __init__(self, sqlstate):
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    for state in ("57P03", "57P01", "25006", "08006"):
+        assert app_module.unavailable(DBAPIError("INSERT", {}, Orig(state))), state
+    # A write the server refused on its merits is the request's error, not the database's.
+    for state in ("23505", "22001", None):
+        assert not app_module.unavailable(DBAPIError("INSERT", {}, Orig(state))), state
 
 
 async def test_a_read_on_the_replicas_is_tried_once_more_on_a_lost_connection(app_module, monkeypatch):

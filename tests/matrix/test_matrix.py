@@ -27,6 +27,12 @@ VARIANTS = {
                                       "postgresql_pgdg_dnf_key": "https://mirror.internal/pgdg/key"}),
     "ubuntu2404-mirror": ("ubuntu2404", {"postgresql_pgdg_apt_url": "https://mirror.internal/apt",
                                          "postgresql_pgdg_apt_key": "/etc/apt/keyrings/internal.asc"}),
+    "fedora44-pg18": ("fedora44", {"postgresql_version": 18}),
+    "fedora45-pgdg": ("fedora45", {"postgresql_repository": "pgdg"}),
+    "amazon2023-pg16": ("amazon2023", {"postgresql_version": 16}),
+    "amazon2023-pg18": ("amazon2023", {"postgresql_version": 18}),
+    "fedora44-upgrade": ("fedora44", {"postgresql_version": 18, "postgresql_upgrade_from": 17,
+                                      "matrix_upgrade_check": True}),
 }
 
 
@@ -81,6 +87,34 @@ EXPECTED = {
     "rocky9-pg16-mirror": dict(dnf_url="https://mirror.internal/pgdg/16/el9", dnf_key="https://mirror.internal/pgdg/key",
                                service="postgresql-16", repo_file="/etc/yum.repos.d/pgdg16.repo"),
     "ubuntu2404-mirror": dict(apt_url="https://mirror.internal/apt", apt_key="/etc/apt/keyrings/internal.asc"),
+    # The distributions' own packages: one major at a time, postgresql-setup --initdb.
+    "fedora44": dict(repository="distro", family="redhat", service="postgresql", data_dir="/var/lib/pgsql/data",
+                     config_dir="/var/lib/pgsql/data", include_dir="/var/lib/pgsql/data/conf.d",
+                     hba_file="/var/lib/pgsql/data/pg_hba.conf", bin_dir="/usr/bin", clusters_root="/var/lib/pgsql",
+                     setup="/usr/bin/postgresql-setup", initdb=["/usr/bin/postgresql-setup", "--initdb"],
+                     packages=["postgresql17-server", "postgresql17", "python3-psycopg2"], repo_packages=[],
+                     disable_dnf_module=False, app_family="redhat", app_python="/usr/bin/python3",
+                     app_packages=["python3", "python3-pip", "python3-packaging", "rsync"]),
+    "fedora44-pg18": dict(repository="distro", service="postgresql", data_dir="/var/lib/pgsql/data",
+                          packages=["postgresql18-server", "postgresql18", "python3-psycopg2"]),
+    "fedora45": dict(repository="distro", service="postgresql", bin_dir="/usr/bin", disable_dnf_module=False,
+                     packages=["postgresql17-server", "postgresql17", "python3-psycopg2"]),
+    "amazon2023": dict(repository="distro", family="redhat", service="postgresql", data_dir="/var/lib/pgsql/data",
+                       bin_dir="/usr/bin", initdb=["/usr/bin/postgresql-setup", "--initdb"], disable_dnf_module=False,
+                       packages=["postgresql17-server", "postgresql17", "python3-psycopg2"],
+                       app_python="/usr/bin/python3.12",
+                       app_packages=["python3.12", "python3.12-pip", "python3-packaging", "rsync"]),
+    "amazon2023-pg16": dict(repository="distro", service="postgresql",
+                            packages=["postgresql16-server", "postgresql16", "python3-psycopg2"]),
+    # The RHEL family's values: PGDG's EL repository, side by side.
+    "oraclelinux9": dict(repository="pgdg", service="postgresql-17", data_dir="/var/lib/pgsql/17/data",
+                         bin_dir="/usr/pgsql-17/bin", initdb=["/usr/pgsql-17/bin/postgresql-17-setup", "initdb"],
+                         clusters_root="/var/lib/pgsql", disable_dnf_module=True,
+                         dnf_url="https://download.postgresql.org/pub/repos/yum/17/redhat/rhel-9-x86_64",
+                         app_python="/usr/bin/python3"),
+    "centosstream9": dict(repository="pgdg", service="postgresql-17", data_dir="/var/lib/pgsql/17/data",
+                          disable_dnf_module=True,
+                          dnf_url="https://download.postgresql.org/pub/repos/yum/17/redhat/rhel-9-x86_64"),
 }
 
 
@@ -105,6 +139,13 @@ def test_every_platform_resolves(resolved):
                         "Accepted there: 15"),
     ("debian14-distro", "postgresql_version 17 is not available from the distro repository on Debian 14. "
                         "Accepted there: 18"),
+    ("amazon2023-pg18", "postgresql_version 18 is not available from the distro repository on Amazon 2023. "
+                        "Accepted there: 16, 17."),
+    ("fedora45-pgdg", "postgresql_version 17 is not available from the pgdg repository on Fedora 45. "
+                      "Accepted there: none; set postgresql_repository: distro for 16, 17, 18."),
+    ("fedora44-upgrade", "fedora44-upgrade runs Fedora, whose own PostgreSQL packages hold one major at a time (in "
+                         "/usr/bin and /var/lib/pgsql/data): playbooks/upgrade.yml runs the old and new clusters side "
+                         "by side, so it does not upgrade there."),
 ])
 def test_unavailable_version_is_refused(resolved, host, message):
     results, log = resolved

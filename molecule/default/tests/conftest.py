@@ -50,11 +50,12 @@ def sql(host):
 
 @pytest.fixture(scope="module")
 def layout(host):
-    """Where PostgreSQL 17 lives on this platform (Debian's postgresql-common or PGDG's RHEL layout)."""
-    if host.file("/etc/redhat-release").exists:
-        data = "/var/lib/pgsql/17/data"
-        return {"service": "postgresql-17", "conf_dir": data, "include_dir": f"{data}/conf.d",
-                "main_conf": f"{data}/postgresql.conf", "family": "redhat"}
+    """Where PostgreSQL 17 lives on this platform: Debian's postgresql-common, PGDG's RHEL layout
+    (one directory a major), or the one-major layout of Fedora's and Amazon Linux's own packages."""
+    for data, service in (("/var/lib/pgsql/17/data", "postgresql-17"), ("/var/lib/pgsql/data", "postgresql")):
+        if host.file(f"{data}/PG_VERSION").exists:
+            return {"service": service, "conf_dir": data, "include_dir": f"{data}/conf.d",
+                    "main_conf": f"{data}/postgresql.conf", "family": "redhat"}
     conf = "/etc/postgresql/17/main"
     return {"service": "postgresql@17-main", "conf_dir": conf, "include_dir": f"{conf}/conf.d",
             "main_conf": f"{conf}/postgresql.conf", "family": "debian"}

@@ -25,7 +25,14 @@ from models import User
 from schemas import Health, PoolStats, UserCreate, UserOut, WorkerPool
 
 log = logging.getLogger("fastpg.app")
-hasher = PasswordHasher()
+# argon2-cffi's defaults (RFC 9106's low-memory profile) unless the environment sets the cost:
+# a test stack on a small machine may lower it (fastapi_app_environment), never a production one.
+_argon2 = PasswordHasher()
+hasher = PasswordHasher(
+    time_cost=int(os.environ.get("APP_ARGON2_TIME_COST", _argon2.time_cost)),
+    memory_cost=int(os.environ.get("APP_ARGON2_MEMORY_KIB", _argon2.memory_cost)),
+    parallelism=int(os.environ.get("APP_ARGON2_PARALLELISM", _argon2.parallelism)),
+)
 
 # Share of the pool (pool_size + max_overflow) in use above which a worker logs a warning,
 # at most once per POOL_WARN_EVERY seconds (the metrics carry the detail).
@@ -147,6 +154,20 @@ async def replica_read(query):
             log.warning("read on a lost connection, once more: %s", exc)
 
 
+# SQLSTATEs that say the server cannot take a write now (a switchover, a failover, a restart),
+# not that the write was wrong: the server shutting down or starting (57P01 to 57P03), a
+# connection lost (class 08), a primary demoted meanwhile (25006, read-only transaction).
+UNAVAILABLE_SQLSTATES = ("57P01", "57P02", "57P03", "25006")
+
+
+def unavailable(exc: Exception) -> bool:
+    """The database was out, not the request at fault: worth a 503 and a later try."""
+    if isinstance(exc, OSError):
+        return True
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    return exc.connection_invalidated or state.startswith("08") or state in UNAVAILABLE_SQLSTATES
+
+
 class opened:
     """`async with opened(factory) as session`: a session, its wait for a pooled connection measured.
 
@@ -202,7 +223,9 @@ async def create_user(body: UserCreate):
     user = User(
         username=body.username,
         email=str(body.email),
-        hashed_password=hasher.hash(body.password),
+        # Off the event loop: a hash takes a fifth of a second of CPU, which would stall every
+        # request this worker serves meanwhile.
+        hashed_password=await asyncio.to_thread(hasher.hash, body.password),
     )
     try:
         async with opened(database.SessionLocal) as session:
@@ -218,7 +241,7 @@ async def create_user(body: UserCreate):
         # The primary is out (a failover) or its connection was cut: not done, say so, and when
         # to try again. A commit whose answer was lost may have been made: a retry then meets
         # the unique username (400).
-        if isinstance(exc, DBAPIError) and not exc.connection_invalidated:
+        if not unavailable(exc):
             raise
         log.error("write: database unavailable: %s", exc)
         return JSONResponse(status_code=503, content={"detail": "database unavailable, try again"},
