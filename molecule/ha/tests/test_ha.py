@@ -491,7 +491,9 @@ def test_one_etcd_member_lost_changes_nothing():
 
 
 def test_the_whole_cluster_restarted_keeps_the_data():
-    before = psql(leader(), "SELECT count(*), max(id) FROM users")
+    rows = "SELECT id, username, created_at FROM users ORDER BY id"
+    before = psql(leader(), rows).splitlines()
+    assert before
     # All stopped at once (each one's systemd stops Patroni, which stops its server cleanly), then
     # started in their first order: the test network then gives each its address again, as a
     # real host keeps its own.
@@ -502,7 +504,14 @@ def test_the_whole_cluster_restarted_keeps_the_data():
     # The members' keys outlive them in etcd for up to ttl: ask the primary itself.
     assert wait_for("a primary that takes writes, and its replicas streaming", lambda: psql(
         leader(), "SELECT NOT pg_is_in_recovery()") == "t" and healthy_cluster(), timeout=180)
-    assert psql(leader(), "SELECT count(*), max(id) FROM users") == before
+    after = psql(leader(), rows).splitlines()
+    # Every row, as it was. Rows may have come meanwhile: a write whose client gave up in a drill
+    # above (its 10 s timeout) can still be in the app, which sets no timeout of its own on the
+    # database, and commit later (seen once: 4 rows, one per writer).
+    late = sorted(set(after) - set(before))
+    print(f"\nwhole cluster restarted: {len(before)} rows kept; {len(late)} written since by requests still "
+          f"in flight: {late}")
+    assert set(before) <= set(after)
 
 
 def pgbackrest_backups():
