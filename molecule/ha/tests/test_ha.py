@@ -505,9 +505,10 @@ def test_the_whole_cluster_restarted_keeps_the_data():
     assert wait_for("a primary that takes writes, and its replicas streaming", lambda: psql(
         leader(), "SELECT NOT pg_is_in_recovery()") == "t" and healthy_cluster(), timeout=180)
     after = psql(leader(), rows).splitlines()
-    # Every row, as it was. Rows may have come meanwhile: a write whose client gave up in a drill
-    # above (its 10 s timeout) can still be in the app, which sets no timeout of its own on the
-    # database, and commit later (seen once in CI: 4 rows more, the 4 highest ids).
+    # Every row, as it was. Rows may have come meanwhile: a connection opened through HAProxy's
+    # primary route in the second a primary stops waits for the driver's connect timeout (60 s in
+    # asyncpg), so a write whose client gave up in a drill above (its 10 s timeout) can commit a
+    # minute later (seen once in CI: 4 rows more, the 4 highest ids).
     late = sorted(set(after) - set(before))
     print(f"\nwhole cluster restarted: {len(before)} rows kept; {len(late)} written since by requests still "
           f"in flight: {late}")
