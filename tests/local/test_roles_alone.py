@@ -42,30 +42,3 @@ def test_roles_alone_re_run_changes_nothing(runs):
     _, second = runs
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     assert recap_changed(second.stdout) == 0, second.stdout.split("PLAY RECAP")[-1]
-
-
-def test_a_new_cluster_that_cannot_start_fails_with_its_journal(tmp_path):
-    """The new cluster's start does not block on pg_ctlcluster: a server that never comes up
-    must still fail the run, soon, with the reason from its journal, and be left running on the
-    configuration it had before (here the packaged one)."""
-    name = f"{NAME}-fail"
-    env = dict(os.environ, FASTPG_LOCAL_NAME=name, ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path))
-    try:
-        new_container(name, PORT + 1)
-        # A valid value (the server's parser accepts it) with more shared memory than the
-        # machine has: the postmaster exits at once.
-        out = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", "inventories/local", "tests/local/roles-alone.yml",
-                              "-e", json.dumps({"postgresql_settings": {"shared_buffers": "500GB"}})],
-                             cwd=ROOT, env=env, capture_output=True, text=True)
-        running = subprocess.run(["docker", "exec", name, "systemctl", "is-active", "postgresql@17-main"],
-                                 capture_output=True, text=True).stdout.strip()
-        own_file = subprocess.run(["docker", "exec", name, "test", "-e", "/etc/postgresql/17/main/conf.d/50-fastpg.conf"],
-                                  capture_output=True).returncode
-    finally:
-        remove_container(name)
-    assert out.returncode != 0
-    assert "did not take the new configuration (Service | Wait for the server to accept connections" in out.stdout
-    # The reason comes from the server's own lines in the journal.
-    assert "Its journal:" in out.stdout and "FATAL" in out.stdout.split("Its journal:", 1)[1]
-    # The file it could not start with is gone; the server runs on what it had.
-    assert own_file != 0 and running == "active"

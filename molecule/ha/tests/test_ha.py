@@ -282,12 +282,17 @@ def test_a_rolling_deploy_through_the_front_door_fails_no_request():
         rc, out = playbook("-e", json.dumps({"fastapi_app_pool_size": 4}), site="fastpg.stack.app")
     assert rc == 0, out[-3000:]
     flat = re.sub(r"\s+", " ", out)
-    # Each app host was drained before its restart and returned after it.
+    # Each app host was drained before its restart and returned after it, one host after the
+    # other: the second is drained only once the first is back.
+    drained, returned = {}, {}
     for app in APPS:
-        assert re.search(rf"TASK \[fastpg.stack.fastapi_app : Switch \| Drain the host from the load balancers\] "
-                         rf"[^\[]*changed: \[{app} -> fastpg-lb\]", flat), app
-        assert re.search(rf"Undrain \| Return the host to the load balancers\] [^\[]*changed: \[{app} -> fastpg-lb\]",
-                         flat), app
+        drained[app] = re.search(rf"TASK \[fastpg.stack.fastapi_app : Switch \| Drain the host from the load "
+                                 rf"balancers\] [^\[]*changed: \[{app} -> fastpg-lb\]", flat)
+        returned[app] = re.search(rf"Undrain \| Return the host to the load balancers\] [^\[]*changed: "
+                                  rf"\[{app} -> fastpg-lb\]", flat)
+        assert drained[app] and returned[app], app
+        assert drained[app].start() < returned[app].start(), app
+    assert returned[APPS[0]].start() < drained[APPS[1]].start()
     assert drill.reads.failed == 0 and drill.writes.failed == 0
     assert drill.reads.ok > 100 and len(drill.writes.acked) > 20
     assert not drill.missing_writes()
