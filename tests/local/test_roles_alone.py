@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import urllib.request
-from pathlib import Path
 
 import pytest
-from localtarget import ROOT, new_container, recap_changed, remove_container
+from localtarget import ANSIBLE_PLAYBOOK, ROOT, new_container, recap_changed, remove_container
 
 NAME = os.environ.get("FASTPG_TEST_ROLES_NAME", "fastpg-test-roles")
 PORT = int(os.environ.get("FASTPG_TEST_ROLES_PORT", "18001"))
-ANSIBLE_PLAYBOOK = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "ansible-playbook"
 
 
 @pytest.fixture(scope="module")
