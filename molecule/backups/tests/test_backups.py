@@ -98,6 +98,16 @@ def test_a_timer_takes_a_backup_on_its_schedule(host):
     assert kinds[0] == "full" and "diff" in kinds
 
 
+def test_settings_given_with_e_leave_the_archiving_on(host):
+    """An extra var postgresql_settings replaces the inventory's (Ansible's precedence), never the
+    archiving fastpg_backups adds: here it equals the inventory's, so the run changes nothing."""
+    rc, out, _ = playbook("fastpg.stack.database", "-e", json.dumps({"postgresql_settings": {}}))
+    assert rc == 0, out[-3000:]
+    assert re.findall(r"changed=(\d+)", out) and set(re.findall(r"changed=(\d+)", out)) == {"0"}, out[-2000:]
+    assert sql(host, "SHOW archive_mode") == "on"
+    assert "archive-push" in sql(host, "SHOW archive_command")
+
+
 def test_refusals_change_nothing(host):
     before = (host.check_output(f"stat -c %i {DATA}"), app_state())
     cases = {
