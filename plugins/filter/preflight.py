@@ -21,6 +21,7 @@ APP_RANGES = [
     ("fastapi_app_max_overflow", 0, 1000, None, "a whole number from 0 to 1000"),
     ("fastapi_app_pool_timeout", 1, 3600, None, "seconds, a whole number from 1 to 3600"),
     ("fastapi_app_pool_recycle", 1, None, -1, "seconds, a whole number of 1 or more, or -1 to never recycle"),
+    ("fastapi_app_db_connect_timeout", 1, 3600, None, "seconds, a whole number from 1 to 3600"),
     ("fastapi_app_workers", 1, 64, None, "a whole number from 1 to 64"),
     ("fastapi_app_port", 1, 65535, None, "a TCP port, 1 to 65535"),
 ]

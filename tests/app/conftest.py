@@ -32,6 +32,7 @@ POOL = {
     "fastapi_app_echo": False,
     "fastapi_app_pool_class": "queue",
     "fastapi_app_pgbouncer": False,
+    "fastapi_app_db_connect_timeout": 2,
 }
 
 

@@ -2,8 +2,10 @@
 
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from sqlalchemy import text
@@ -184,6 +186,24 @@ async def unreachable_database(app_module, monkeypatch):
     monkeypatch.setattr(app_module.database, "SessionLocal", async_sessionmaker(dead))
     yield
     await dead.dispose()
+
+
+async def test_a_database_that_never_answers_fails_the_connection_at_the_connect_timeout(app_module):
+    """A server that takes the TCP connection and never answers (a host going away behind a
+    proxy): the connection fails after database.py's CONNECT_TIMEOUT, not asyncpg's minute."""
+    limit = app_module.database.CONNECT_TIMEOUT
+    assert limit == 2  # conftest's fastapi_app_db_connect_timeout
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        engine = app_module.database._engine(f"postgresql+asyncpg://nobody@127.0.0.1:{silent.getsockname()[1]}/none")
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        took = time.monotonic() - started
+        await engine.dispose()
+    assert limit <= took < limit + 1.5, took
 
 
 async def test_health_is_503_when_database_unreachable(client, unreachable_database):

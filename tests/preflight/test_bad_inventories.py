@@ -83,6 +83,8 @@ CASES = {
                        r"fastapi_app_pool_timeout is 0 on app1; accepted: seconds, a whole number from 1"),
     "pool_recycle 0": (apps(fastapi_app_pool_recycle=0),
                        r"fastapi_app_pool_recycle is 0 on app1; accepted: .*-1 to never recycle"),
+    "connect_timeout 0": (apps(fastapi_app_db_connect_timeout=0),
+                          r"fastapi_app_db_connect_timeout is 0 on app1; accepted: seconds, a whole number from 1 to 3600"),
     "zero workers": (app("app1", fastapi_app_workers=0),
                      r"fastapi_app_workers is 0 on app1; accepted: a whole number from 1 to 64"),
     "pre_ping not a boolean": (apps(fastapi_app_pool_pre_ping="sometimes"),

@@ -272,6 +272,9 @@ def test_database_py_holds_inventory_pool_values(host, hostvars):
         assert f"{const} = {int(hostvars[var])}\n" in content
     # Off unless the inventory turns it on (the role's default).
     assert f"POOL_PRE_PING = {bool(hostvars.get('fastapi_app_pool_pre_ping', False))}\n" in content
+    # asyncpg's connect gets the inventory's limit (the role's default: 10 s), not its own minute.
+    assert f"CONNECT_TIMEOUT = {int(hostvars.get('fastapi_app_db_connect_timeout', 10))}\n" in content
+    assert 'CONNECT_ARGS = {"timeout": CONNECT_TIMEOUT' in content
 
 
 # --- Secrets ------------------------------------------------------------------------------

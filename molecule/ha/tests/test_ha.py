@@ -231,7 +231,8 @@ def test_prometheus_scrapes_every_member_and_knows_the_ha_alerts():
     assert sorted(by_member.values()) == ["0", "0", "1"] and by_member[leader()] == "1"
     rules = docker("exec", LB, "cat", "/etc/prometheus/fastpg-rules.yml")
     assert "alert: PatroniNoLeader" in rules and "alert: PatroniReplicationLag" in rules
-    assert "SUCCESS" in docker("exec", LB, "sh", "-c", "cd /etc/prometheus && promtool test rules fastpg-rules.test.yml")
+    assert "SUCCESS" in docker("exec", LB, "sh", "-c",
+                               "cd /etc/prometheus/fastpg-rules.tested && promtool test rules fastpg-rules.test.yml")
     # Nothing fires on a healthy cluster.
     assert prometheus('ALERTS{alertname=~"Patroni.*"}') == []
 
@@ -420,7 +421,8 @@ def test_a_planned_switchover_fails_no_read_loses_no_write_and_times_both_routes
 # The rest run in synchronous mode, turned on with the change below. In the inventory, as an
 # operator makes it: an extra var would replace the stack's postgresql_settings (the archiving
 # with fastpg_backups among them), not add to them.
-SYNCHRONOUS = {"postgresql_settings": {"shared_buffers": "96MB"}, "postgresql_patroni_synchronous_mode": True}
+SYNCHRONOUS = {"postgresql_settings": {"shared_buffers": "96MB"}, "postgresql_patroni_synchronous_mode": True,
+               "etcd_election_timeout_ms": 1100}
 
 
 def change_the_inventory(members, values):
@@ -431,10 +433,21 @@ def change_the_inventory(members, values):
         (host_vars / f"{member}.yml").write_text(yaml.safe_dump(values))
 
 
+def etcd_down(member):
+    """When the member's etcd last began to stop and was last ready, in seconds on the machine's
+    monotonic clock (the containers share it)."""
+    shown = dict(line.split("=", 1) for line in docker(
+        "exec", member, "systemctl", "show", "-p", "ActiveExitTimestampMonotonic", "-p",
+        "ActiveEnterTimestampMonotonic", "etcd").splitlines())
+    return int(shown["ActiveExitTimestampMonotonic"]) / 1e6, int(shown["ActiveEnterTimestampMonotonic"]) / 1e6
+
+
 def test_a_setting_that_needs_a_restart_rolls_through_the_replicas_first():
-    """shared_buffers (a restart) and synchronous_mode (a reload) changed in one run."""
+    """shared_buffers (a restart), synchronous_mode (a reload) and etcd's election timeout (each
+    member's etcd restarted in turn) changed in one run."""
     primary = leader()
     started = {m: psql(m, "SELECT pg_postmaster_start_time()") for m in MEMBERS}
+    etcd_before = {m: etcd_down(m) for m in MEMBERS}
     change_the_inventory(MEMBERS, SYNCHRONOUS)
     with Drill("rolling") as drill:
         rc, out = playbook(site="fastpg.stack.database")
@@ -451,6 +464,16 @@ def test_a_setting_that_needs_a_restart_rolls_through_the_replicas_first():
     assert wait_for("a synchronous standby", lambda: any(
         m["role"] == "sync_standby" for m in cluster()["members"]), timeout=60)
     assert psql(primary, "SHOW archive_mode") == "on"
+    # etcd: every member restarted, each only once the one before was ready again, so a majority
+    # answered Patroni throughout.
+    etcd_after = {m: etcd_down(m) for m in MEMBERS}
+    windows = sorted(etcd_after.values())
+    print(f"\netcd restarts (s without each member): {[round(ready - stop, 2) for stop, ready in windows]}; "
+          f"between one ready and the next stopping: {[round(b[0] - a[1], 2) for a, b in zip(windows, windows[1:])]}")
+    assert all(etcd_after[m] != etcd_before[m] for m in MEMBERS)
+    assert all(later[0] > earlier[1] for earlier, later in zip(windows, windows[1:]))
+    for member in MEMBERS:
+        assert 'ETCD_ELECTION_TIMEOUT="1100"' in docker("exec", member, "cat", "/etc/default/etcd")
     rc, out = playbook(site="fastpg.stack.database")
     assert rc == 0 and all(re.search(rf"{m}\s*:.*changed=0", out) for m in MEMBERS), out[-2000:]
 
@@ -511,9 +534,10 @@ def test_the_whole_cluster_restarted_keeps_the_data():
         leader(), "SELECT NOT pg_is_in_recovery()") == "t" and healthy_cluster(), timeout=180)
     after = psql(leader(), rows).splitlines()
     # Every row, as it was. Rows may have come meanwhile: a connection opened through HAProxy's
-    # primary route in the second a primary stops waits for the driver's connect timeout (60 s in
-    # asyncpg), so a write whose client gave up in a drill above (its 10 s timeout) can commit a
-    # minute later (seen once in CI: 4 rows more, the 4 highest ids).
+    # primary route in the second a primary stops waits for the app's connect timeout
+    # (fastapi_app_db_connect_timeout, 10 s), so a write whose client gave up in a drill above (its
+    # own 10 s timeout) can commit a few seconds later. Before that limit it was asyncpg's minute
+    # (seen once in CI: 4 rows more, the 4 highest ids).
     late = sorted(set(after) - set(before))
     print(f"\nwhole cluster restarted: {len(before)} rows kept; {len(late)} written since by requests still "
           f"in flight: {late}")

@@ -2,12 +2,13 @@
 Values are asserted through Prometheus' own API, on the monitoring host's loopback."""
 
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from test_multihost import remote
+from test_multihost import playbook, remote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
 from steady_load import SteadyLoad, container_address  # noqa: E402
@@ -123,8 +124,40 @@ def test_the_monitoring_login_has_pg_monitor_and_no_password():
 
 def test_rules_pass_promtool(host):
     host.check_output("promtool check rules /etc/prometheus/fastpg-rules.yml")
-    out = host.check_output("cd /etc/prometheus && promtool test rules fastpg-rules.test.yml")
+    # The live rules are the ones tested, beside their tests.
+    tested = "/etc/prometheus/fastpg-rules.tested"
+    assert host.file("/etc/prometheus/fastpg-rules.yml").sha256sum == host.file(f"{tested}/fastpg-rules.yml").sha256sum
+    out = host.check_output(f"cd {tested} && promtool test rules fastpg-rules.test.yml")
     assert "SUCCESS" in out
+
+
+def loaded_lag_rule(host):
+    """PatroniReplicationLag's expression as the running Prometheus has it loaded."""
+    rules = json.loads(host.check_output("python3 -c %s", "import urllib.request; print(urllib.request.urlopen("
+                                         "'http://127.0.0.1:9090/api/v1/rules').read().decode())"))
+    return next(rule["query"] for group in rules["data"]["groups"] for rule in group["rules"]
+                if rule["name"] == "PatroniReplicationLag")
+
+
+def test_rules_whose_tests_fail_never_go_live(host):
+    """A limit of 4 bytes would page on every write: the rules' tests fail on the candidate, and
+    the live rules, and what Prometheus runs, stay as they were."""
+    live = host.file("/etc/prometheus/fastpg-rules.yml").sha256sum
+    running = loaded_lag_rule(host)
+    rc, out = playbook("fastpg.stack.monitoring", extra={"prometheus_replication_lag_bytes": 4})
+    flat = re.sub(r"\s+", " ", out)
+    refusal = re.search(r"The alert rules' tests failed on the candidate.*?prometheus_replication_lag_for \(\d+\)", flat)
+    assert rc != 0 and refusal, out[-3000:]
+    print(f"\n{refusal[0]}")
+    assert "PatroniReplicationLag" in refusal[0] and "prometheus_replication_lag_bytes (4)" in refusal[0]
+    assert host.file("/etc/prometheus/fastpg-rules.yml").sha256sum == live
+    assert loaded_lag_rule(host) == running and running.endswith("> 1.048576e+06")
+    # The failed candidate is left where it was tested, for a look. The next run with the
+    # inventory's values tests and keeps them; nothing live changes.
+    rc, out = playbook("fastpg.stack.monitoring")
+    assert rc == 0, out[-3000:]
+    assert host.file("/etc/prometheus/fastpg-rules.yml").sha256sum == live
+    assert not re.search(r"Put the tested rules live\] \**\s*changed", out)
 
 
 def test_a_saturated_pool_fires_its_alert(host):

@@ -48,7 +48,7 @@ def test_apps_connect_to_pgbouncer_on_loopback_and_it_listens_nowhere_else(host)
     assert "PGSSLMODE" not in env  # loopback; PgBouncer carries the TLS to the database
     assert "prepared_statement_name_func" in host.file("/opt/fastapi-app/current/app/database.py").content_string
     direct = remote("fastpg-app2").file("/opt/fastapi-app/current/app/database.py").content_string
-    assert "CONNECT_ARGS = {}" in direct
+    assert 'CONNECT_ARGS = {"timeout": CONNECT_TIMEOUT}\n' in direct and "prepared_statement_name_func" not in direct
 
 
 def test_pgbouncer_holds_verifiers_not_passwords(host):
