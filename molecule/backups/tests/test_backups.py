@@ -126,6 +126,27 @@ def test_refusals_change_nothing(host):
         assert (host.check_output(f"stat -c %i {DATA}"), app_state()) == before
 
 
+def test_a_primary_whose_wal_does_not_reach_the_repository_is_not_restored(host):
+    # archive_command changed by hand (the server's own override, postgresql.auto.conf): no WAL
+    # reaches the repository any more, and a restore would end before the latest transactions.
+    before = (host.check_output(f"stat -c %i {DATA}"), app_state())
+    sql(host, "ALTER SYSTEM SET archive_command = '/bin/false'")
+    sql(host, "SELECT pg_reload_conf()")
+    try:
+        rc, out, took = playbook(RESTORE, "-e", f"fastpg_restore_confirm={HOST}")
+    finally:
+        sql(host, "ALTER SYSTEM RESET archive_command")
+        sql(host, "SELECT pg_reload_conf()")
+    flat = re.sub(r"\s+", " ", out)
+    print(f"refused (WAL not archived): rc {rc} in {took:.1f} s; {flat[flat.find('msg:'):][:300]}")
+    assert rc != 0 and f"{HOST} runs as the primary but its WAL does not reach the repository" in flat
+    assert "archive_command '/bin/false' must contain pgbackrest" in flat and "The database was not touched" in flat
+    # Refused in the checks, before the apps stop.
+    assert "PLAY [Apps | Stop the apps]" not in out
+    assert (host.check_output(f"stat -c %i {DATA}"), app_state()) == before
+    host.check_output("runuser -u postgres -- pgbackrest --stanza=main check")
+
+
 def test_point_in_time_restore_brings_back_every_row_before_the_target_and_none_after(host):
     sql(host, "CREATE TABLE drill (n int, at timestamptz DEFAULT clock_timestamp())")
     sql(host, "INSERT INTO drill (n) SELECT generate_series(1, 1000)")
