@@ -469,11 +469,30 @@ def test_the_primarys_host_stopped_a_replica_takes_over_within_30_s():
         assert docker("exec", app, "systemctl", "show", "-P", "NRestarts", "fastapi-app") == "0"
 
 
+WAL = "/var/lib/postgresql/17/main/pg_wal"
+
+
+def plant_an_unarchived_switch_segment(member):
+    """On a replica: the segment in which its timeline's parent ended, under the parent's name and
+    without an archive status, as a member keeps it when its primary is lost mid-segment. Once
+    promoted, PostgreSQL would archive it; patroni-pre-promote marks it archived first."""
+    history = docker("exec", member, "sh", "-c", f"cd {WAL} && ls *.history | tail -1")
+    parent, lsn = [line.split() for line in docker("exec", member, "cat", f"{WAL}/{history}").splitlines()
+                   if line.strip()][-1][:2]
+    high, low = (int(part, 16) for part in lsn.split("/"))
+    segment = ((high << 32) | low) // (16 << 20)
+    name = f"{int(parent):08X}{segment // 256:08X}{segment % 256:08X}"
+    docker("exec", member, "sh", "-c", f"cd {WAL} && [ -e {name} ] || (head -c 16777216 /dev/urandom > {name} "
+           f"&& chown postgres:postgres {name} && chmod 600 {name}); rm -f archive_status/{name}.*")
+    return name
+
+
 def test_a_planned_switchover_fails_no_read_loses_no_write_and_times_both_routes():
     """Under the front door's load, and measured on the two ways an app can find the primary
     side by side (failover_probe.py on an app host: HAProxy's route and libpq-style multi-host)."""
     old = leader()
     new = next(m for m in MEMBERS if m != old)
+    stale = plant_an_unarchived_switch_segment(new)
     app = APPS[0]
     docker("cp", str(Path(__file__).with_name("failover_probe.py")), f"{app}:/root/failover_probe.py")
     members = " ".join(container_address(m) for m in MEMBERS)
@@ -501,6 +520,12 @@ def test_a_planned_switchover_fails_no_read_loses_no_write_and_times_both_routes
     assert not drill.missing_writes()
     assert ways["haproxy"]["longest_gap_s"] < 30 and ways["multihost"]["longest_gap_s"] < 30
     assert wait_for("the old primary back as a replica", healthy_cluster, timeout=120)
+    # The old timeline's segment the new primary held unarchived was marked archived before it
+    # was promoted: never pushed, so no other copy of it can stop the archiving.
+    assert docker("exec", new, "ls", f"{WAL}/archive_status/{stale}.done")
+    assert f"{stale} is an old timeline's last segment, marked archived" in docker(
+        "exec", new, "journalctl", "-q", "--no-pager", "-u", "patroni@17-main")
+    assert stale not in psql(new, "SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver", db="postgres")
 
 
 # The rest run in synchronous mode, turned on with the change below. In the inventory, as an
