@@ -36,12 +36,15 @@ cp -r /root/app/. /opt/app/
 python3 -m venv /opt/app/venv
 /opt/app/venv/bin/pip install -q --cert /root/ca.pem -r /root/requirements.txt
 
+# database.py as the tutorial writes it, plus the names the reference app imports from it
+# (main.py: engine, read_engine, SessionLocal, MAX_OVERFLOW): one server, so reads go to the engine.
 cat > /opt/app/database.py <<PY
 import os
 from sqlalchemy.ext.asyncio import create_async_engine, async_sessionmaker
 POOL_SIZE, MAX_OVERFLOW = 7, 11
 engine = create_async_engine("postgresql+asyncpg://fastpg:$PASSWORD@127.0.0.1/fastpg",
                              pool_size=7, max_overflow=11, pool_timeout=12, pool_recycle=900, pool_pre_ping=True)
+read_engine = engine
 SessionLocal = async_sessionmaker(engine, expire_on_commit=False)
 async def get_session():
     async with SessionLocal() as session:

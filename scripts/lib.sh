@@ -60,6 +60,27 @@ make_venv() {
   echo "$want" >"$stamp"
 }
 
+# The Ansible strategy of the commands that follow, from $1 or FASTPG_STRATEGY: mitogen
+# (mitogen_linear: one Python interpreter per host kept warm, modules imported once) or linear
+# (Ansible's own); with neither, ANSIBLE_STRATEGY stays as the environment has it. Exported, so
+# the ansible-playbook runs that tests start follow it too.
+use_strategy() {
+  local strategy=${1:-${FASTPG_STRATEGY:-}}
+  case $strategy in
+    '') ;;
+    linear)
+      unset ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS ;;
+    mitogen)
+      ANSIBLE_STRATEGY_PLUGINS=$("$VENV/bin/python" -c \
+        'import ansible_mitogen, os; print(os.path.join(os.path.dirname(ansible_mitogen.__file__), "plugins", "strategy"))')
+      export ANSIBLE_STRATEGY_PLUGINS ANSIBLE_STRATEGY=mitogen_linear ;;
+    *)
+      echo "FASTPG_STRATEGY=$strategy: accepted values are linear and mitogen" >&2
+      return 2 ;;
+  esac
+  echo "strategy: ${ANSIBLE_STRATEGY:-linear}"
+}
+
 # The collection as users get it: built from the checkout (galaxy.yml's build_ignore decides
 # what ships) and installed into a clean collections path. ANSIBLE_COLLECTIONS_PATH points
 # every later ansible command there, so fastpg.stack.* comes from that copy and never from

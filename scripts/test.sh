@@ -81,12 +81,39 @@ stage "app pytest" "$APP_VENV/bin/python" -m pytest -c tests/app/pytest.ini test
 # takes its own (pytest-xdist), so the cores share them.
 stage "preflight tests" python -m pytest -q -p no:cacheprovider -n auto tests/preflight
 stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix
-stage "local target (up.sh, roles alone)" python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/local
-stage "molecule default" molecule test --scenario-name default
-stage "molecule multihost" molecule test --scenario-name multihost
-stage "molecule resilience" molecule test --scenario-name resilience
-stage "molecule backups" molecule test --scenario-name backups
-stage "molecule ha" molecule test --scenario-name ha
+# Both Ansible strategies (scripts/lib.sh use_strategy): the stock one where users start (the
+# local target, the one-host install, ...), mitogen_linear for the drill-heavy scenarios.
+strategy() { use_strategy "$1"; shift; "$@"; }
+
+# `molecule test` step by step: converge and idempotence (the runs a user makes) under strategy
+# $2, the other steps (prepare, side effects, the drills of verify) under $3. A failed step ends
+# the sequence; the scenario is destroyed whatever happened.
+molecule_test() {
+  local scenario=$1 runs=$2 drills=$3 step rc=0
+  molecule destroy --scenario-name "$scenario" || return 1
+  for step in $(python - "$scenario" <<'PY'
+import sys, yaml
+own = yaml.safe_load(open(f"molecule/{sys.argv[1]}/molecule.yml")).get("scenario") or {}
+base = yaml.safe_load(open(".config/molecule/config.yml"))["scenario"]
+print(" ".join(s for s in own.get("test_sequence", base["test_sequence"]) if s != "destroy"))
+PY
+  ); do
+    case $step in converge | idempotence) use_strategy "$runs" ;; *) use_strategy "$drills" ;; esac
+    molecule "${step//_/-}" --scenario-name "$scenario" || { rc=1; break; }
+  done
+  molecule destroy --scenario-name "$scenario" || rc=1
+  return $rc
+}
+stage "local target (up.sh, roles alone)" strategy linear \
+  python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/local
+stage "molecule default" strategy linear molecule test --scenario-name default
+# The benchmark's every measure once (no charts): a change that breaks it fails here.
+stage "bench smoke (bench/run.sh smoke)" bash bench/run.sh smoke
+stage "molecule multihost" molecule_test multihost linear mitogen
+stage "molecule resilience" strategy mitogen molecule test --scenario-name resilience
+stage "molecule backups" strategy mitogen molecule test --scenario-name backups
+stage "molecule ha" strategy mitogen molecule test --scenario-name ha
+use_strategy linear >/dev/null
 
 # Platforms that need a registry image (and PGDG, or their own distribution's mirror): the
 # platform scenario, once per image named (Fedora's and Amazon Linux's: built with

@@ -4,6 +4,7 @@
 # Prints the app's URL and its /health answer. Safe to run again.
 #   FASTPG_LOCAL_PORT  host port published on 127.0.0.1 (default 8000)
 #   FASTPG_LOCAL_NAME  the container's name (default fastpg-local; the inventory follows it)
+#   FASTPG_STRATEGY    linear (Ansible's own, the default) or mitogen (README: the mitogen strategy)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -15,6 +16,7 @@ port=${FASTPG_LOCAL_PORT:-8000}
 install_host_packages
 start_docker
 make_venv
+use_strategy
 build_image
 
 local_container "$name" "$port"
@@ -23,7 +25,9 @@ log "ansible-playbook -i inventories/local fastpg.stack.site"
 mkdir -p inventories/local/.secrets && chmod 0700 inventories/local/.secrets
 # fastpg.stack.site: this checkout's collection (ansible.cfg's collections path), or the
 # installed one when ANSIBLE_COLLECTIONS_PATH names it (scripts/test.sh does).
-"$VENV/bin/ansible-playbook" -i inventories/local fastpg.stack.site "$@"
+# The container's name as a plain value too: mitogen_linear does not render the inventory's
+# templated ansible_host.
+"$VENV/bin/ansible-playbook" -i inventories/local -e "ansible_host=$name" fastpg.stack.site "$@"
 
 url="http://127.0.0.1:$port"
 log "fastpg is up: $url"
