@@ -83,22 +83,25 @@ stage "preflight tests" python -m pytest -q -p no:cacheprovider -n auto tests/pr
 stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix
 # Both Ansible strategies (scripts/lib.sh use_strategy): the stock one where users start (the
 # local target, the one-host install, ...), mitogen_linear for the drill-heavy scenarios.
-strategy() { use_strategy "$1"; shift; "$@"; }
+# (A stage runs in an `if`, where set -e is off: each step checks its own failure.)
+strategy() { use_strategy "$1" || return; shift; "$@"; }
 
-# `molecule test` step by step: converge and idempotence (the runs a user makes) under strategy
-# $2, the other steps (prepare, side effects, the drills of verify) under $3. A failed step ends
-# the sequence; the scenario is destroyed whatever happened.
+# `molecule test` step by step: prepare, converge and idempotence (a new host, the runs a user
+# makes) under strategy $2, the others (side effects, the drills of verify) under $3. A failed
+# step ends the sequence; the scenario is destroyed whatever happened.
 molecule_test() {
-  local scenario=$1 runs=$2 drills=$3 step rc=0
-  molecule destroy --scenario-name "$scenario" || return 1
-  for step in $(python - "$scenario" <<'PY'
+  local scenario=$1 runs=$2 drills=$3 steps step rc=0
+  steps=$(python - "$scenario" <<'PY'
 import sys, yaml
 own = yaml.safe_load(open(f"molecule/{sys.argv[1]}/molecule.yml")).get("scenario") or {}
 base = yaml.safe_load(open(".config/molecule/config.yml"))["scenario"]
 print(" ".join(s for s in own.get("test_sequence", base["test_sequence"]) if s != "destroy"))
 PY
-  ); do
-    case $step in converge | idempotence) use_strategy "$runs" ;; *) use_strategy "$drills" ;; esac
+  ) && [ -n "$steps" ] || { echo "no test sequence for the scenario $scenario" >&2; return 1; }
+  molecule destroy --scenario-name "$scenario" || return 1
+  for step in $steps; do
+    case $step in prepare | converge | idempotence) use_strategy "$runs" ;; *) use_strategy "$drills" ;; esac \
+      || { rc=1; break; }
     molecule "${step//_/-}" --scenario-name "$scenario" || { rc=1; break; }
   done
   molecule destroy --scenario-name "$scenario" || rc=1

@@ -101,8 +101,14 @@ def shut_down(*hosts):
     and SIGKILL after its timeout: a crash, not a stop."""
     for host in hosts:
         docker("kill", "--signal", "RTMIN+3", host)
-    # `docker wait` returns once the containers have exited; 0 is systemd's clean halt.
-    waited = subprocess.run(["docker", "wait", *hosts], capture_output=True, text=True, timeout=180)
+    # `docker wait` returns once the containers have exited; 0 is systemd's clean halt. One that
+    # hangs is killed, so that the drills after this one find it stopped, and fails the drill.
+    try:
+        waited = subprocess.run(["docker", "wait", *hosts], capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        docker("kill", *hosts, check=False)
+        docker("wait", *hosts, check=False)
+        raise
     assert waited.stdout.split() == ["0"] * len(hosts), waited.stdout + waited.stderr
 
 
