@@ -85,34 +85,12 @@ stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix
 # local target, the one-host install, ...), mitogen_linear for the drill-heavy scenarios.
 # (A stage runs in an `if`, where set -e is off: each step checks its own failure.)
 strategy() { use_strategy "$1" || return; shift; "$@"; }
-
-# `molecule test` step by step: prepare, converge and idempotence (a new host, the runs a user
-# makes) under strategy $2, the others (side effects, the drills of verify) under $3. A failed
-# step ends the sequence; the scenario is destroyed whatever happened.
-molecule_test() {
-  local scenario=$1 runs=$2 drills=$3 steps step rc=0
-  steps=$(python - "$scenario" <<'PY'
-import sys, yaml
-own = yaml.safe_load(open(f"molecule/{sys.argv[1]}/molecule.yml")).get("scenario") or {}
-base = yaml.safe_load(open(".config/molecule/config.yml"))["scenario"]
-print(" ".join(s for s in own.get("test_sequence", base["test_sequence"]) if s != "destroy"))
-PY
-  ) && [ -n "$steps" ] || { echo "no test sequence for the scenario $scenario" >&2; return 1; }
-  molecule destroy --scenario-name "$scenario" || return 1
-  for step in $steps; do
-    case $step in prepare | converge | idempotence) use_strategy "$runs" ;; *) use_strategy "$drills" ;; esac \
-      || { rc=1; break; }
-    molecule "${step//_/-}" --scenario-name "$scenario" || { rc=1; break; }
-  done
-  molecule destroy --scenario-name "$scenario" || rc=1
-  return $rc
-}
 stage "local target (up.sh, roles alone)" strategy linear \
   python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/local
 stage "molecule default" strategy linear molecule test --scenario-name default
 # The benchmark's every measure once (no charts): a change that breaks it fails here.
 stage "bench smoke (bench/run.sh smoke)" bash bench/run.sh smoke
-stage "molecule multihost" molecule_test multihost linear mitogen
+stage "molecule multihost" strategy linear molecule test --scenario-name multihost
 stage "molecule resilience" strategy mitogen molecule test --scenario-name resilience
 stage "molecule backups" strategy mitogen molecule test --scenario-name backups
 stage "molecule ha" strategy mitogen molecule test --scenario-name ha
