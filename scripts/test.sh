@@ -90,7 +90,7 @@ stage "local target (up.sh, roles alone)" strategy linear \
 stage "molecule default" strategy linear molecule test --scenario-name default
 # The benchmark's every measure once (no charts): a change that breaks it fails here.
 stage "bench smoke (bench/run.sh smoke)" bash bench/run.sh smoke
-stage "molecule multihost" strategy linear molecule test --scenario-name multihost
+stage "molecule multihost" strategy mitogen molecule test --scenario-name multihost
 stage "molecule resilience" strategy mitogen molecule test --scenario-name resilience
 stage "molecule backups" strategy mitogen molecule test --scenario-name backups
 stage "molecule ha" strategy mitogen molecule test --scenario-name ha
