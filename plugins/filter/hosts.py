@@ -43,11 +43,13 @@ def db_host_of(app_host, hostvars, dbservers):
 def scrape_targets(hosts, hostvars, scraper, port, port_var=None, bound_var=None):
     """[{host, address: "ip:port"}] for Prometheus on `scraper`: loopback for the scraper itself,
     else the host's address (client_addresses). port_var names a per-host port (else `port`);
-    with bound_var, hosts whose value of it is a loopback address are left out (unreachable)."""
+    with bound_var, hosts whose value of it is a loopback address are left out (unreachable), but
+    for the scraper itself, which reaches its own loopback."""
     targets = []
     for name in hosts:
         hv = hostvars[name]
-        if bound_var and str(hv[bound_var] if bound_var in hv else "127.0.0.1") in ("127.0.0.1", "localhost", "::1"):
+        bound = str(hv[bound_var] if bound_var in hv else "127.0.0.1") if bound_var else None
+        if bound in ("127.0.0.1", "localhost", "::1") and name != scraper:
             continue
         own = "127.0.0.1" if name == scraper else client_addresses([name], hostvars)[0]
         number = hv[port_var] if port_var and port_var in hv else port
