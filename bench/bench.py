@@ -34,6 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
 IMAGE = os.environ.get("FASTPG_IMAGE", "fastpg/debian:trixie")
+SSH_IMAGE = IMAGE.rsplit(":", 1)[0] + ":bench-ssh"
 VENV_BIN = ROOT / ".venv" / "bin"
 SHARED_VARS = ROOT / "molecule" / "resources" / "inventory" / "group_vars" / "all.yml"
 APP_SRC = ROOT / "roles" / "fastapi_app" / "files" / "reference_app"
@@ -65,20 +66,40 @@ def sh(*cmd, check=True, capture=True, **kw):
     return done
 
 
-def container(name, network=None):
-    """A systemd container from the test image, reachable over SSH as production hosts are.
+def ssh_image():
+    """The test image plus openssh-server, made once per base image (labelled with its id): every
+    bench container starts from it. The package lists are dropped again, so each side's first apt
+    run still starts from none, as on the bare image."""
+    base = sh("docker", "image", "inspect", "-f", "{{.Id}}", IMAGE).stdout.strip()
+    have = sh("docker", "image", "inspect", "-f", '{{index .Config.Labels "fastpg.base"}}', SSH_IMAGE, check=False)
+    if have.returncode == 0 and have.stdout.strip() == base:
+        return
+    name = "fastpg-bench-ssh-image"
+    sh("docker", "rm", "-f", name, check=False)
+    try:
+        sh("docker", "run", "--name", name, IMAGE, "sh", "-ec",
+           "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq"
+           " && apt-get install -y -qq --no-install-recommends openssh-server >/dev/null"
+           " && apt-get clean && rm -rf /var/lib/apt/lists/* && install -d -m 0700 /root/.ssh")
+        sh("docker", "commit", "-c", 'CMD ["/lib/systemd/systemd"]', "-c", f"LABEL fastpg.base={base}",
+           name, SSH_IMAGE)
+    finally:
+        sh("docker", "rm", "-f", name, check=False)
 
-    openssh-server goes into every bench container, the shell script's too, before anything
-    is timed; the package lists are dropped again, so each side's first apt run still starts
-    from none, as on the bare image.
-    """
+
+def container(name, network=None):
+    """A systemd container from ssh_image(), reachable over SSH as production hosts are (the
+    shell script's too)."""
     sh("docker", "rm", "-f", name, check=False)
     net = ["--network", network, "--network-alias", name] if network else []
-    sh("docker", "run", "-d", "--name", name, "--hostname", name, *RUN, *net, IMAGE, "/lib/systemd/systemd")
-    sh("docker", "exec", name, "systemctl", "is-system-running", "--wait", check=False)
-    dexec(name, "sh", "-c", "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq"
-          " && apt-get install -y -qq --no-install-recommends openssh-server >/dev/null"
-          " && apt-get clean && rm -rf /var/lib/apt/lists/* && install -d -m 0700 /root/.ssh")
+    sh("docker", "run", "-d", "--name", name, "--hostname", name, *RUN, *net, SSH_IMAGE, "/lib/systemd/systemd")
+    for _ in range(60):  # until systemd answers on its bus: just started, it may not yet
+        state = sh("docker", "exec", name, "systemctl", "is-system-running", "--wait", check=False).stdout.strip()
+        if state in ("running", "degraded"):
+            break
+        time.sleep(0.5)
+    else:
+        raise RuntimeError(f"{name}: systemd did not finish booting ({state})")
     sh("docker", "cp", str(SSH_KEY) + ".pub", f"{name}:/root/.ssh/authorized_keys")
     dexec(name, "sh", "-c", "chown root:root /root/.ssh/authorized_keys && systemctl start ssh")
 
@@ -496,6 +517,7 @@ def smoke(keys=("mitogen",)):
     with tempfile.TemporaryDirectory() as tmp:
         SSH_KEY = Path(tmp) / "id_ed25519"
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fastpg-bench", "-f", str(SSH_KEY))
+        ssh_image()
         try:
             prov = provisioning(tmp, found, fresh=1, reruns=1)
             lo = load(LOADS[:1], NODE[found[0][0]])  # fails on an app that never answers /health
@@ -536,6 +558,7 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             SSH_KEY = Path(tmp) / "id_ed25519"
             sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fastpg-bench", "-f", str(SSH_KEY))
+            ssh_image()
             container("fastpg-bench-ansible")
             try:
                 converge(inventory(tmp, "fastpg-bench-ansible", ["fastpg-bench-ansible"]), Path(tmp) / "facts")
@@ -555,6 +578,7 @@ def main():
         pre = preflight_scale(tmp)
         SSH_KEY = Path(tmp) / "id_ed25519"
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fastpg-bench", "-f", str(SSH_KEY))
+        ssh_image()
         try:
             prov = provisioning(tmp, found)
             lo = load()
