@@ -18,6 +18,7 @@ strategies named, then the tutorial's load alone; no charts and no files, the ta
 script or a converge, an app never healthy, a re-run that changed something, a failed request.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -34,7 +35,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
 IMAGE = os.environ.get("FASTPG_IMAGE", "fastpg/debian:trixie")
-SSH_IMAGE = IMAGE.rsplit(":", 1)[0] + ":bench-ssh"
+# The test image plus openssh-server (ssh_image()): the image's own name with "-bench-ssh" on its tag.
+_repo, _, _tag = IMAGE.rpartition(":") if ":" in IMAGE.rsplit("/", 1)[-1] else (IMAGE, ":", "latest")
+SSH_IMAGE = f"{_repo}:{_tag}-bench-ssh"
+SSH_RECIPE = ("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq"
+              " && apt-get install -y -qq --no-install-recommends openssh-server >/dev/null"
+              " && apt-get clean && rm -rf /var/lib/apt/lists/* && install -d -m 0700 /root/.ssh")
 VENV_BIN = ROOT / ".venv" / "bin"
 SHARED_VARS = ROOT / "molecule" / "resources" / "inventory" / "group_vars" / "all.yml"
 APP_SRC = ROOT / "roles" / "fastapi_app" / "files" / "reference_app"
@@ -67,21 +73,18 @@ def sh(*cmd, check=True, capture=True, **kw):
 
 
 def ssh_image():
-    """The test image plus openssh-server, made once per base image (labelled with its id): every
+    """The test image plus openssh-server, made once per base image and recipe (its label): every
     bench container starts from it. The package lists are dropped again, so each side's first apt
     run still starts from none, as on the bare image."""
     base = sh("docker", "image", "inspect", "-f", "{{.Id}}", IMAGE).stdout.strip()
+    want = f"{base}/{hashlib.sha256(SSH_RECIPE.encode()).hexdigest()[:12]}"
     have = sh("docker", "image", "inspect", "-f", '{{index .Config.Labels "fastpg.base"}}', SSH_IMAGE, check=False)
-    if have.returncode == 0 and have.stdout.strip() == base:
+    if have.returncode == 0 and have.stdout.strip() == want:
         return
-    name = "fastpg-bench-ssh-image"
-    sh("docker", "rm", "-f", name, check=False)
+    name = f"fastpg-bench-ssh-image-{os.getpid()}"
     try:
-        sh("docker", "run", "--name", name, IMAGE, "sh", "-ec",
-           "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq"
-           " && apt-get install -y -qq --no-install-recommends openssh-server >/dev/null"
-           " && apt-get clean && rm -rf /var/lib/apt/lists/* && install -d -m 0700 /root/.ssh")
-        sh("docker", "commit", "-c", 'CMD ["/lib/systemd/systemd"]', "-c", f"LABEL fastpg.base={base}",
+        sh("docker", "run", "--name", name, IMAGE, "sh", "-ec", SSH_RECIPE)
+        sh("docker", "commit", "-c", 'CMD ["/lib/systemd/systemd"]', "-c", f"LABEL fastpg.base={want}",
            name, SSH_IMAGE)
     finally:
         sh("docker", "rm", "-f", name, check=False)

@@ -82,8 +82,9 @@ stage "app pytest" "$APP_VENV/bin/python" -m pytest -c tests/app/pytest.ini test
 stage "preflight tests" python -m pytest -q -p no:cacheprovider -n auto tests/preflight
 stage "platform matrix" python -m pytest -q -p no:cacheprovider tests/matrix
 # Both Ansible strategies (scripts/lib.sh use_strategy): the stock one where users start (the
-# local target; default, whose one host carries every tier but HA, so each of those roles
-# installs and re-runs under it), mitogen_linear for the drill scenarios.
+# local target; default, whose one host carries PgBouncer, backups and Prometheus too, so every
+# role but etcd, Patroni's path and HAProxy installs and re-runs under it), mitogen_linear for
+# the drill scenarios.
 # (A stage runs in an `if`, where set -e is off: each step checks its own failure.)
 strategy() { use_strategy "$1" || return; shift; "$@"; }
 stage "local target (up.sh, roles alone)" strategy linear \

@@ -51,7 +51,7 @@ def scrape_targets(hosts, hostvars, scraper, port, port_var=None, bound_var=None
         bound = str(hv[bound_var] if bound_var in hv else "127.0.0.1") if bound_var else None
         if bound in ("127.0.0.1", "localhost", "::1") and name != scraper:
             continue
-        own = "127.0.0.1" if name == scraper else client_addresses([name], hostvars)[0]
+        own = ("::1" if bound == "::1" else "127.0.0.1") if name == scraper else client_addresses([name], hostvars)[0]
         number = hv[port_var] if port_var and port_var in hv else port
         targets.append({"host": name, "address": f"[{own}]:{number}" if ":" in own else f"{own}:{number}"})
     return targets

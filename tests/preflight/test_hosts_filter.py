@@ -25,3 +25,9 @@ def test_an_app_on_loopback_is_scraped_only_by_its_own_host():
 def test_without_a_bound_variable_every_host_is_a_target():
     got = scrape_targets(["mon", "app2"], HOSTVARS, "app2", 9100)
     assert got == [{"host": "mon", "address": "10.0.0.9:9100"}, {"host": "app2", "address": "127.0.0.1:9100"}]
+
+
+def test_an_app_on_ipv6_loopback_is_scraped_there_by_its_own_host():
+    hostvars = {"mon": {"fastapi_app_bind_address": "::1", "fastpg_address": "10.0.0.9"}}
+    got = scrape_targets(["mon"], hostvars, "mon", 8000, "fastapi_app_port", "fastapi_app_bind_address")
+    assert got == [{"host": "mon", "address": "[::1]:8000"}]
