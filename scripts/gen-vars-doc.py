@@ -61,7 +61,7 @@ def load_role(name):
 def load_stack():
     spec = yaml.safe_load((ROOT / "playbooks" / "vars" / "stack_spec.yml").read_text())
     return {"title": "The stack (`playbooks/vars/stack_spec.yml`)",
-            "short_description": "Mapped onto both roles by `playbooks/vars/stack.yml`; checked by preflight.",
+            "short_description": "Mapped onto both roles by `roles/wiring/vars/main.yml`; checked by preflight.",
             "options": rows(spec["options"], {}),
             "renamed": spec["renamed"]}
 
