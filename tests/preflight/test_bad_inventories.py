@@ -240,6 +240,15 @@ def test_bad_inventory_fails_in_preflight(run_site, case):
     assert "Gathering Facts" not in out
 
 
+def test_private_role_vars_fails_in_preflight(run_site, monkeypatch):
+    """The wiring role's vars, hidden from the other roles, would leave them on their defaults."""
+    monkeypatch.setenv("ANSIBLE_PRIVATE_ROLE_VARS", "true")
+    rc, out = run_site(inventory())
+    assert rc != 0
+    assert "private_role_vars (ANSIBLE_PRIVATE_ROLE_VARS) is true" in out, out[-2000:]
+    assert "UNREACHABLE" not in out
+
+
 def test_messages_are_distinct():
     assert len({m for _, m in CASES.values()}) == len(CASES)
 
