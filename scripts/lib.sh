@@ -55,9 +55,17 @@ make_venv() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   log "building the tool venv (.venv)"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -r "$FASTPG_ROOT/requirements-dev.txt"
+  # uv, pinned in the same file, installs the rest: 5 s where pip took 60.
+  "$VENV/bin/pip" install -q "$(grep -E '^uv==' "$FASTPG_ROOT/requirements-dev.txt")"
+  uv_install "$VENV" -r "$FASTPG_ROOT/requirements-dev.txt" --upgrade-package pip pip
   echo "$want" >"$stamp"
+}
+
+# Packages into the venv $1 with the tool venv's uv (the venv's own pip stays for `pip download`).
+uv_install() {
+  local venv=$1
+  shift
+  UV_LINK_MODE=copy "$VENV/bin/uv" pip install -q --python "$venv/bin/python" "$@"
 }
 
 # The Ansible strategy of the commands that follow, from $1 or FASTPG_STRATEGY: mitogen

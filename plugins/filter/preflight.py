@@ -6,6 +6,7 @@ the number of hosts and not with hosts x tasks (1,000 app hosts check in seconds
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
@@ -66,12 +67,22 @@ def _get(hv, key, default=None):
         raise AnsibleFilterError(f"{key} cannot be read outside a run on its host ({exc}); give it a plain value") from exc
 
 
+def _plain(value):
+    """A value read out of its lazy containers. ArgumentSpecValidator deep-copies what it checks,
+    and a deep copy of a lazy container copies its templating context too: 2 s a run."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _validate(host, spec, hv):
     """Errors of the values this host sets, against an argument spec's options."""
     provided = {}
     for key in spec:
         if key in hv:
-            provided[key] = _get(hv, key)
+            provided[key] = _plain(_get(hv, key))
     if not provided and not any(o.get("required") for o in spec.values()):
         return []
     result = ArgumentSpecValidator(spec).validate(provided)
