@@ -1,6 +1,7 @@
 """The connection budget across app hosts and their database hosts (preflight)."""
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.fastpg.stack.plugins.filter.apps import app_entries
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -40,7 +41,7 @@ def pool_rows(hosts, hostvars, defaults, dbservers):
         hv = hostvars[name]
         host = {"host": name, "db_host": str(_value(name, hv, defaults, "fastpg_db_host")),
                 "in_dbservers": name in dbservers, "pgbouncer": None}
-        if bool(_value(name, hv, defaults, "fastpg_pgbouncer")):
+        if boolean(_value(name, hv, defaults, "fastpg_pgbouncer"), strict=False):
             host["pgbouncer"] = {short: _whole(name, key, _value(name, hv, defaults, key)) for short, key in (
                 ("pool_size", "pgbouncer_default_pool_size"),
                 ("reserve", "pgbouncer_reserve_pool_size"),
@@ -76,7 +77,7 @@ def db_rows(hosts, hostvars, defaults):
             "superuser_reserved": _whole(name, "postgresql_superuser_reserved_connections",
                                          _value(name, hv, defaults, "postgresql_superuser_reserved_connections")),
             "cpus": int(cpus) if str(cpus or "").isdigit() else None,
-            "patroni": (hv["fastpg_patroni"] if "fastpg_patroni" in hv else False) is True,
+            "patroni": boolean(hv["fastpg_patroni"] if "fastpg_patroni" in hv else False, strict=False),
             "max_wal_senders": _whole(name, "postgresql_settings.max_wal_senders", (
                 hv["postgresql_settings"] if "postgresql_settings" in hv else {}).get("max_wal_senders", 10)),
         })

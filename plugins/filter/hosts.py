@@ -2,6 +2,7 @@
 app host uses."""
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.fastpg.stack.plugins.filter.budget import resolve_db_hosts
 
 
@@ -26,7 +27,8 @@ def client_addresses(hosts, hostvars):
 def db_host_of(app_host, hostvars, dbservers):
     """The inventory name of the dbservers host that app_host's fastpg_db_host names; under Patroni
     (fastpg_patroni), the first member, as any member has the cluster's roles."""
-    members = [d for d in dbservers if (hostvars[d]["fastpg_patroni"] if "fastpg_patroni" in hostvars[d] else False)]
+    members = [d for d in dbservers
+               if boolean(hostvars[d]["fastpg_patroni"] if "fastpg_patroni" in hostvars[d] else False, strict=False)]
     if members:
         return members[0]
     hv = hostvars[app_host]

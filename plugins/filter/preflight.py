@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.fastpg.stack.plugins.filter.apps import OWN, REQUIRED, app_entries
 from ansible_collections.fastpg.stack.plugins.filter.requirements import app_requirements
 
@@ -87,6 +88,12 @@ def _validate(host, spec, hv):
         return []
     result = ArgumentSpecValidator(spec).validate(provided)
     return [f"{host}: {err}" for err in result.error_messages]
+
+
+def _flag(value):
+    """A boolean input as the roles read it (Ansible's `bool`): "false", as `-e name=false` gives
+    it, is false."""
+    return boolean(_plain(value), strict=False)
 
 
 def _whole(value):
@@ -189,7 +196,7 @@ def _app_checks(host, hv, spec, defaults, sources):
     """Every check of one app's fastapi_app_* values (the default app's, or an entry's)."""
     errors = _validate(host, spec, hv)
     errors += _ranges(host, hv, APP_RANGES, defaults)
-    pooled = bool(_get(hv, "fastpg_pgbouncer", False))
+    pooled = _flag(_get(hv, "fastpg_pgbouncer", False))
     if pooled:
         errors += _ranges(host, hv, PGBOUNCER_RANGES, defaults)
     if _get(hv, "fastapi_app_pool_class", defaults.get("fastapi_app_pool_class")) in (None, "null") and not pooled:
@@ -299,7 +306,7 @@ def _backup_host(hostvars, groups):
         errors.append(f"{', '.join(others)} is in backupservers and in dbservers or appservers; accepted: a backup "
                       f"host of its own (a repository on the database host needs no backup host).")
     for host in groups.get("dbservers") or []:
-        if not _get(hostvars[host], "fastpg_backups", False):
+        if not _flag(_get(hostvars[host], "fastpg_backups", False)):
             errors.append(f"fastpg_backups is false on {host}, but backupservers has {backup[0]}; accepted: "
                           f"fastpg_backups: true on every database host when there is a backup host.")
     for host in backup[:1] + list(groups.get("dbservers") or []):
@@ -318,7 +325,7 @@ def _patroni(hostvars, groups):
     """fastpg_patroni: on every database host or none, 3 or 5 of them (etcd's majority survives one
     loss), its passwords set, and Patroni's timings consistent."""
     dbs = list(groups.get("dbservers") or [])
-    on = [h for h in dbs if _get(hostvars[h], "fastpg_patroni", False) is True]
+    on = [h for h in dbs if _flag(_get(hostvars[h], "fastpg_patroni", False))]
     if not on:
         return []
     errors = []
@@ -337,13 +344,13 @@ def _patroni(hostvars, groups):
                        [f"{key} is not set on {host}; accepted: a password of 12 or more characters, kept in the "
                         f"inventory with ansible-vault (fastpg_patroni needs it)."])
         # Each member archives when it is the primary: to one repository, off the members.
-        if _get(hv, "fastpg_backups", False) is True and not groups.get("backupservers"):
+        if _flag(_get(hv, "fastpg_backups", False)) and not groups.get("backupservers"):
             errors.append(f"fastpg_backups is true on {host}, which is in a Patroni cluster (fastpg_patroni), and "
                           f"there is no backup host; accepted: one host in backupservers (the repository every member "
                           f"archives to, whichever is the primary), or fastpg_backups false.")
-        ttl, wait, retry = (_get(hv, f"postgresql_patroni_{k}", d)
+        ttl, wait, retry = (_whole(_get(hv, f"postgresql_patroni_{k}", d))
                             for k, d in (("ttl", 20), ("loop_wait", 3), ("retry_timeout", 5)))
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in (ttl, wait, retry)) and ttl < wait + 2 * retry:
+        if None not in (ttl, wait, retry) and ttl < wait + 2 * retry:
             errors.append(f"postgresql_patroni_ttl is {ttl} on {host}; accepted: at least postgresql_patroni_loop_wait "
                           f"+ 2 x postgresql_patroni_retry_timeout ({wait + 2 * retry}), or a member loses the leader "
                           f"key while it still retries etcd.")

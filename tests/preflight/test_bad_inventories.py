@@ -212,6 +212,16 @@ CASES = {
     "Patroni without its passwords": (
         db(fastpg_patroni=True),
         r"fastpg_replication_password is not set on db1; accepted: a password of 12 or more characters"),
+    # As `-e name=value` gives them: strings. "true" is true and 16 is a number to preflight too.
+    "Patroni typed on the command line, on one database host": (
+        everyone(fastpg_patroni="true", fastpg_replication_password="ha-replication-secret",
+                 fastpg_rewind_password="ha-rewind-secret-0", fastpg_patroni_api_password="ha-api-secret-01",
+                 postgresql_patroni_ttl="20", postgresql_patroni_retry_timeout="9"),
+        r"fastpg_patroni is true, and dbservers has 1 hosts; accepted: 3 or 5 database hosts.*"
+        r"postgresql_patroni_ttl is 20 on db1; accepted: at least postgresql_patroni_loop_wait"),
+    "PgBouncer turned off on the command line, over the budget": (
+        apps(fastpg_pgbouncer="false", fastapi_app_pool_size=40, fastapi_app_max_overflow=50),
+        r"app1\s+fastapi-app\s+db1\s+direct\s.*db1: 360 app peak .* = 373 of postgresql_max_connections 300: OVER"),
     "Patroni's backups without a backup host": (
         db(fastpg_patroni=True, fastpg_backups=True),
         r"fastpg_backups is true on db1, which is in a Patroni cluster \(fastpg_patroni\), and there is no backup "

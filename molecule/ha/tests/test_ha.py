@@ -21,6 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
 from steady_load import SteadyLoad, SteadyWrites, container_address  # noqa: E402
+from typed_inputs import as_strings, extra_vars, inventory_values  # noqa: E402
 
 testinfra_hosts = ["ansible://fastpg-pg1"]
 
@@ -296,10 +297,22 @@ def test_the_apps_believe_the_forwarded_headers_of_the_load_balancer_only():
     assert f" {controller}:" in lines[1][0] and "203.0.113.7" not in lines[1][0]
 
 
+def haproxy_configs():
+    return {h: docker("exec", h, "md5sum", "/etc/haproxy/haproxy.cfg") for h in (*APPS, LB)}
+
+
 def test_a_rolling_deploy_through_the_front_door_fails_no_request():
+    # With the tier's other numeric and boolean inputs typed on the command line (strings each,
+    # at the values the hosts have): they change nothing, HAProxy's configuration included.
+    values, differ = inventory_values(os.environ["MOLECULE_INVENTORY_FILE"], [*APPS, LB])
+    typed = as_strings(("haproxy", "fastapi_app"), values, leave_out=differ | {"fastapi_app_pool_size"})
+    assert {"haproxy_check_interval_ms", "haproxy_front_door_timeout", "fastapi_app_health_timeout"} <= set(typed)
+    configs = haproxy_configs()
     with Drill("deploy") as drill:
-        rc, out = playbook("-e", json.dumps({"fastapi_app_pool_size": 4}), site="fastpg.stack.app")
+        rc, out = playbook("-e", json.dumps({"fastapi_app_pool_size": 4}), "-e", extra_vars(typed),
+                           site="fastpg.stack.app")
     assert rc == 0, out[-3000:]
+    assert haproxy_configs() == configs
     flat = re.sub(r"\s+", " ", out)
     # Each app host was drained before its restart and returned after it, one host after the
     # other: the second is drained only once the first is back.
@@ -633,7 +646,12 @@ def test_a_setting_that_needs_a_restart_rolls_through_the_replicas_first():
     assert all(later[0] > earlier[1] for earlier, later in zip(windows, windows[1:]))
     for member in MEMBERS:
         assert 'ETCD_ELECTION_TIMEOUT="1100"' in docker("exec", member, "cat", "/etc/default/etcd")
-    rc, out = playbook(site="fastpg.stack.database")
+    # Once more, with the tier's numeric and boolean inputs typed on the command line (strings
+    # each, at the values the hosts have): nothing changes.
+    values, differ = inventory_values(os.environ["MOLECULE_INVENTORY_FILE"], [*MEMBERS, LB])
+    typed = as_strings(("etcd", "postgresql", "pgbackrest"), values, leave_out=differ)
+    assert {"etcd_client_port", "postgresql_patroni_ttl", "pgbackrest_process_max"} <= set(typed), typed
+    rc, out = playbook("-e", extra_vars(typed), site="fastpg.stack.database")
     assert rc == 0 and all(re.search(rf"{m}\s*:.*changed=0", out) for m in MEMBERS), out[-2000:]
 
 

@@ -225,7 +225,7 @@ def pre_start_units(app):
 
 def test_pre_start_ran_once_on_the_first_host_before_any_switch(host):
     ran = pre_start_units("fastpg-app1")
-    assert [command for _, command in ran] == ["alembic upgrade head", "python -m app.seed"], ran
+    assert [command for _, command in ran] == ["alembic upgrade head", "python app/seed.py"], ran
     assert pre_start_units("fastpg-app2") == []
     # Before the first host's notes service first started.
     started = remote("fastpg-app1").check_output(

@@ -193,6 +193,7 @@ def test_no_run_reinitialised_the_cluster_or_lost_a_row(host, baseline):
 
 APP_CODE = "/opt/fastapi-app/current/app"
 REFERENCE_APP = ROOT / "roles" / "fastapi_app" / "files" / "reference_app"
+TUTORIAL_APP = ROOT / "tests" / "apps" / "tutorial"
 # The settings the tests above left in place, so these runs change only the app.
 LAST_VARS = {"postgresql_settings": dict(SETTINGS, work_mem="3MB", shared_buffers="192MB"),
              "fastapi_app_pool_size": 8}
@@ -232,8 +233,10 @@ def deployed(host):
 
 
 def test_own_app_source_is_deployed_exactly_and_by_content(host, tmp_path):
+    """The tutorial's own app (tests/apps/tutorial), its code unchanged: it imports the tutorial's
+    names from the database.py fastpg writes, and serves."""
     src = tmp_path / "my_app"
-    shutil.copytree(REFERENCE_APP, src, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(TUTORIAL_APP, src, ignore=shutil.ignore_patterns("__pycache__"))
     (src / "extra_module.py").write_text("VALUE = 1\n")
     (src / ".env").write_text("SECRET=never-deployed\n")
     (src / "tests").mkdir()
@@ -245,6 +248,9 @@ def test_own_app_source_is_deployed_exactly_and_by_content(host, tmp_path):
     files = deployed(host)
     assert "./extra_module.py" in files and "./database.py" in files
     assert not [f for f in files if f.endswith(".env") or f.startswith("./tests/")], files
+    made = host.run("python3 -c %s", "import urllib.request as u; print(u.urlopen(u.Request("
+                    "'http://127.0.0.1:8000/items/?name=first', method='POST')).read().decode())")
+    assert made.rc == 0 and '"name":"first"' in made.stdout, made.stdout + made.stderr
     pid = pg_state(host)["app_pid"]
 
     # The same content with new timestamps (a fresh checkout) is no change at all.
@@ -280,6 +286,19 @@ REFUSED = {
     "malformed hba address": ({"postgresql_hba_entries": BAD_HBA},
                               r"refuses the new pg_hba.conf .* line \d+ \(host +all +fastpg +10\.0\.0\.300/32"),
 }
+
+
+def message_lines(out):
+    """The lines of the run's last failure message (callback_result_format = yaml)."""
+    block = out[out.rfind("fatal: ["):].splitlines()
+    start = next(i for i, line in enumerate(block) if line.strip().startswith("msg: |"))
+    indent = len(block[start]) - len(block[start].lstrip()) + 1
+    lines = []
+    for line in block[start + 1:]:
+        if line.strip() and len(line) - len(line.lstrip()) < indent:
+            break
+        lines.append(line.strip())
+    return [line for line in lines if line]
 
 
 def last_failure(flat):
@@ -577,15 +596,29 @@ def test_a_first_release_that_fails_is_stopped(host, tmp_path):
     # first: nothing serves to protect, so it is not tried apart but checked as the service, and
     # stopped with its socket when it fails.
     host.check_output("rm /opt/fastapi-app/current")
-    broken = app_copy(tmp_path, "first", lambda t: "import fastpg_no_such_module  # noqa\n" + t)
-    start = time.monotonic()
-    rc, out = playbook("-e", json.dumps(dict(LAST_VARS, fastapi_app_source=str(broken), fastapi_app_health_timeout=5)),
+    # A step of fastpg's own that fails is reported as that, not as the app's health check: here
+    # the health check's clock, given a value it cannot add to (as a string timeout once did).
+    rc, out = playbook("-e", json.dumps(dict(LAST_VARS, __fastapi_app_health_timeout="soon")),
                        "--limit", "fastpg-resilience", site=DEPLOY)
+    flat = re.sub(r"\s+", " ", out)
+    print(f"\nfirst release, a step of the deploy that fails: rc {rc}; {last_failure(flat)}")
+    assert rc != 0 and "did not pass its health check" not in flat
+    assert 'the deploy\'s step "Switch | Start the health check\'s clock" failed, before the app\'s health check' in flat
+    assert "There was no release to go back to: the service and its socket are stopped." in flat
+    # The timeout as a user types it on the command line: a string, for an int input.
+    host.check_output("rm /opt/fastapi-app/current")
+    broken = app_copy(tmp_path, "first", lambda t: "from database import get_no_such_session  # noqa\n" + t)
+    start = time.monotonic()
+    rc, out = playbook("-e", json.dumps(dict(LAST_VARS, fastapi_app_source=str(broken))),
+                       "-e", "fastapi_app_health_timeout=5", "--limit", "fastpg-resilience", site=DEPLOY)
     flat = re.sub(r"\s+", " ", out)
     print(f"\nfirst release that fails: run {time.monotonic() - start:.1f} s, rc {rc}; {last_failure(flat)}")
     assert rc != 0
+    assert "did not pass its health check" in flat and "/health did not answer 200 within 5 s" in flat
     assert "There was no release to go back to: the service and its socket are stopped." in flat
-    assert "ModuleNotFoundError: No module named 'fastpg_no_such_module'" in out
+    # The message ends with the exception, however long the traceback and the crash loop.
+    assert message_lines(out)[-1].startswith(
+        "ImportError: cannot import name 'get_no_such_session' from 'database'"), message_lines(out)[-5:]
     assert "TASK [fastpg.stack.fastapi_app : Trial |" not in out
     assert host.run("systemctl is-active --quiet fastapi-app.socket").rc != 0
     assert host.run("systemctl is-active --quiet fastapi-app.service").rc != 0
