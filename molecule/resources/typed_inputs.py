@@ -2,6 +2,9 @@
 makes each one a string, whatever its spec says. A run given them at the values the hosts already
 have must change nothing: every input is used with its spec's type wherever it came from."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -48,10 +51,6 @@ def extra_vars(typed):
 def inventory_values(inventory, hosts, env=None):
     """(values every one of `hosts` has alike, names whose values differ between them), from
     ansible-inventory: the inventory's variables as each host sees them, templates unrendered."""
-    import json
-    import subprocess
-    import sys
-
     exe = Path(sys.executable).parent / "ansible-inventory"
     listed = json.loads(subprocess.run([str(exe), "-i", str(inventory), "--list"], env=env, check=True,
                                        capture_output=True, text=True).stdout)["_meta"]["hostvars"]

@@ -14,23 +14,25 @@ def _exception_line(lines, start):
 
 
 def error_tail(lines, count=40):
-    """The last `count` lines of a program's output, ending with the exception line of its last
-    complete Python traceback. A service that crash-loops may be caught writing its next
-    traceback, and a long traceback pushes its exception line out of any fixed window: either way
-    the message would end before the error itself. A traceback longer than `count` keeps its
-    first line and its last ones."""
+    """The last `count` lines of a program's output, with the exception line of its last complete
+    Python traceback among them. A service that crash-loops may be caught writing its next
+    traceback: that unfinished one is left out. A traceback longer than the room left keeps its
+    first line and its last ones. An error older than the window (the journal holds earlier runs)
+    gives way to the newest lines."""
     lines = [str(line) for line in lines]
     count = max(int(count), 4)
     starts = [i for i, line in enumerate(lines) if line.startswith(TRACEBACK)]
-    for start in reversed(starts):
-        end = _exception_line(lines, start)
-        if end is None:
-            continue
-        if end - start + 1 <= count:
-            return lines[:end + 1][-count:]
-        kept = lines[end + 3 - count:end + 1]
-        return [lines[start], f"  ... ({end + 1 - start - len(kept) - 1} lines of the traceback left out)"] + kept
-    return lines[-count:]
+    if starts and _exception_line(lines, starts[-1]) is None:
+        lines = lines[:starts.pop()]
+    end = _exception_line(lines, starts[-1]) if starts else None
+    if end is None or len(lines) - end - 1 > count - 4:
+        return lines[-count:]
+    start, after = starts[-1], lines[end + 1:]
+    room = count - len(after)
+    if end - start + 1 <= room:
+        return lines[:end + 1][-room:] + after
+    kept = lines[end + 3 - room:end + 1]
+    return [lines[start], f"  ... ({end - start - len(kept)} lines of the traceback left out)"] + kept + after
 
 
 class FilterModule:

@@ -29,8 +29,22 @@ def test_a_long_traceback_keeps_its_first_line_and_ends_with_the_exception():
 def test_the_next_traceback_a_crash_loop_was_writing_is_left_out():
     lines = [*traceback(3), "fastapi-app.service: Main process exited, code=exited, status=1/FAILURE",
              "Started fastapi-app.service", *traceback(3)[:4]]
-    kept = error_tail(lines, 40)
-    assert kept[-1].startswith("ImportError:") and kept == lines[:8]
+    assert error_tail(lines, 40) == lines[:10]
+
+
+def test_a_long_traceback_keeps_the_lines_after_its_exception():
+    after = ["fastapi-app.service: Main process exited, code=exited, status=1/FAILURE",
+             "fastapi-app.service: Failed with result 'exit-code'."]
+    kept = error_tail([*traceback(60), *after], 40)
+    assert len(kept) == 40 and kept[0].startswith("Traceback") and kept[-2:] == after
+    assert kept[-3].startswith("ImportError:")
+
+
+def test_an_older_traceback_gives_way_to_the_newest_error():
+    """The journal holds earlier releases' runs: a later error without a traceback is the one shown."""
+    newest = [f"INFO:     line {i}" for i in range(50)] + ['ERROR:    Error loading ASGI app. Could not import module "app".']
+    kept = error_tail([*traceback(3), *newest], 40)
+    assert kept == newest[-40:]
 
 
 def test_a_chained_exception_ends_with_the_last_one():

@@ -617,9 +617,13 @@ def test_a_first_release_that_fails_is_stopped(host, tmp_path):
     assert rc != 0
     assert "did not pass its health check" in flat and "/health did not answer 200 within 5 s" in flat
     assert "There was no release to go back to: the service and its socket are stopped." in flat
-    # The message ends with the exception, however long the traceback and the crash loop.
-    assert message_lines(out)[-1].startswith(
-        "ImportError: cannot import name 'get_no_such_session' from 'database'"), message_lines(out)[-5:]
+    # The message ends with the exception and what the service printed after it, however long
+    # the traceback; not inside the next one the crash loop was writing.
+    lines = message_lines(out)
+    error = max(i for i, line in enumerate(lines)
+                if line.startswith("ImportError: cannot import name 'get_no_such_session' from 'database'"))
+    last_traceback = max(i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)"))
+    assert last_traceback < error >= len(lines) - 12, lines[-15:]
     assert "TASK [fastpg.stack.fastapi_app : Trial |" not in out
     assert host.run("systemctl is-active --quiet fastapi-app.socket").rc != 0
     assert host.run("systemctl is-active --quiet fastapi-app.service").rc != 0
